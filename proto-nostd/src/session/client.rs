@@ -1,0 +1,322 @@
+//! The client side of a connection, shared by the firmware, the browser and host tools.
+//!
+//! Life of a connection:
+//! 1. [`ClientSession::start`] writes the client hello.
+//! 2. The server hello arrives: [`ClientEvent::KeyNeeded`] gives the KDF parameters;
+//!    the caller derives the user key (slowly, perhaps off the main thread) or uses a
+//!    provisioned one, and calls [`ClientSession::provide_key`].
+//! 3. [`ClientSession::poll_transmit`] writes the login; the server's welcome arrives
+//!    as [`ClientEvent::Received`] with [`ServerMessage::Welcome`].
+//! 4. From then on, every received frame gives at most one event, and after handling
+//!    received frames the caller drains [`ClientSession::poll_transmit`]: it sends
+//!    queued chat messages, acknowledgements and pongs.
+//!
+//! After a disconnect, [`ClientSession::reconnect`] starts a new handshake and keeps
+//! the outbox (resent with the same ids) and the delivery watermark (duplicates
+//! dropped).
+
+use crate::aead::{Direction, FrameOpener, FrameSealer};
+use crate::frame::{FrameKind, frame_kind};
+use crate::handshake::{
+    ClientHello, Handshake, KdfParams, Refusal, Transcript, UserKey, derive_session_keys, public_key,
+};
+use crate::limits::{FRAME_MIN, OUTBOX_DEFAULT, PROTOCOL_VERSION};
+use crate::message::{ClientMessage, Login, SendMessage, ServerMessage};
+use crate::session::outbox::Outbox;
+use crate::session::{
+    SessionError, decode_handshake, encode_handshake, frame_limit, open_message, seal_message,
+};
+use crate::types::{Body, ClientKind, ClientMsgId, DeviceId, Name, Seq, ServerId, Target};
+
+/// Who the client is and what it can receive.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The user logging in.
+    pub user: Name,
+    /// This installation's stable random id.
+    pub device: DeviceId,
+    /// The kind of client.
+    pub kind: ClientKind,
+    /// The largest frame this client accepts (4096 to 65,535).
+    pub max_frame: u32,
+}
+
+/// Something the caller must act on or show.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEvent<'f> {
+    /// The server hello arrived: derive the user key with these parameters and call
+    /// [`ClientSession::provide_key`].
+    KeyNeeded(KdfParams),
+    /// The server refused the connection; it closes next.
+    Refused(Refusal),
+    /// A message from the server (the welcome included).
+    Received(ServerMessage<'f>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Start,
+    AwaitServerHello,
+    AwaitKey { server_public: [u8; 32] },
+    AwaitWelcome,
+    Established,
+    Closed,
+}
+
+/// The client side of one connection, and the state that outlives connections (outbox,
+/// delivery watermark, next message id). `OUTBOX` bounds unacknowledged messages.
+#[derive(Debug)]
+pub struct ClientSession<const OUTBOX: usize = OUTBOX_DEFAULT> {
+    config: ClientConfig,
+    state: State,
+    ephemeral: [u8; 32],
+    transcript: Transcript,
+    sealer: Option<FrameSealer>,
+    opener: Option<FrameOpener>,
+    server_max_frame: usize,
+    server_id: Option<ServerId>,
+    outbox: Outbox<OUTBOX>,
+    next_client_id: ClientMsgId,
+    delivered: Seq,
+    acked: Seq,
+    login_pending: bool,
+    pong_pending: Option<u64>,
+}
+
+impl<const OUTBOX: usize> ClientSession<OUTBOX> {
+    /// A session for `config`. `ephemeral_secret` must be 32 fresh random bytes;
+    /// `first_client_id` a random number (message ids count up from it, so ids from
+    /// before a reboot are not reused).
+    pub fn new(config: ClientConfig, ephemeral_secret: [u8; 32], first_client_id: ClientMsgId) -> Self {
+        Self {
+            config,
+            state: State::Start,
+            ephemeral: ephemeral_secret,
+            transcript: Transcript::new(),
+            sealer: None,
+            opener: None,
+            server_max_frame: FRAME_MIN,
+            server_id: None,
+            outbox: Outbox::new(),
+            next_client_id: first_client_id,
+            delivered: 0,
+            acked: 0,
+            login_pending: false,
+            pong_pending: None,
+        }
+    }
+
+    /// Writes the client hello into `out`; returns the frame length.
+    pub fn start(&mut self, out: &mut [u8]) -> Result<usize, SessionError> {
+        if self.state != State::Start {
+            return Err(SessionError::Unexpected);
+        }
+        frame_limit(self.config.max_frame)?;
+        let hello = Handshake::ClientHello(ClientHello {
+            version: PROTOCOL_VERSION,
+            user: self.config.user.clone(),
+            ephemeral: public_key(&self.ephemeral),
+            max_frame: self.config.max_frame,
+        });
+        let len = encode_handshake(&hello, out)?;
+        self.transcript.absorb(out.get(..len).ok_or(SessionError::Encode)?);
+        self.state = State::AwaitServerHello;
+        Ok(len)
+    }
+
+    /// Forgets the connection and prepares a new handshake with a fresh ephemeral
+    /// secret. The outbox, the delivery watermark and the id counter are kept.
+    pub fn reconnect(&mut self, ephemeral_secret: [u8; 32]) {
+        self.state = State::Start;
+        self.ephemeral = ephemeral_secret;
+        self.transcript = Transcript::new();
+        self.sealer = None;
+        self.opener = None;
+        self.server_max_frame = FRAME_MIN;
+        self.acked = 0;
+        self.login_pending = false;
+        self.pong_pending = None;
+        self.outbox.mark_all_unsent();
+    }
+
+    /// Handles one received frame (header byte included, no length prefix).
+    pub fn handle_frame<'f>(&mut self, frame: &'f mut [u8]) -> Result<Option<ClientEvent<'f>>, SessionError> {
+        let result = match frame_kind(frame)? {
+            FrameKind::Handshake => self.handle_handshake(frame).map(Some),
+            FrameKind::Sealed => self.handle_sealed(frame),
+        };
+        if result.is_err() {
+            self.state = State::Closed;
+        }
+        result
+    }
+
+    fn handle_handshake<'f>(&mut self, frame: &[u8]) -> Result<ClientEvent<'f>, SessionError> {
+        match (self.state, decode_handshake(frame)?) {
+            (State::AwaitServerHello, Handshake::ServerHello(hello)) => {
+                if hello.version != PROTOCOL_VERSION {
+                    return Err(SessionError::VersionUnsupported);
+                }
+                self.server_max_frame = frame_limit(hello.max_frame)?;
+                if !hello.kdf.is_acceptable() {
+                    return Err(SessionError::UnacceptableKdf);
+                }
+                self.transcript.absorb(frame);
+                self.state = State::AwaitKey { server_public: hello.ephemeral };
+                Ok(ClientEvent::KeyNeeded(hello.kdf))
+            }
+            (State::AwaitServerHello | State::AwaitKey { .. } | State::AwaitWelcome, Handshake::Refused(why)) => {
+                self.state = State::Closed;
+                Ok(ClientEvent::Refused(why))
+            }
+            _ => Err(SessionError::Unexpected),
+        }
+    }
+
+    /// Supplies the user key after [`ClientEvent::KeyNeeded`]; the login frame is then
+    /// ready in [`Self::poll_transmit`].
+    pub fn provide_key(&mut self, key: &UserKey) -> Result<(), SessionError> {
+        let State::AwaitKey { server_public } = self.state else {
+            return Err(SessionError::Unexpected);
+        };
+        let keys = derive_session_keys(&self.ephemeral, &server_public, key, &self.transcript.hash())
+            .map_err(|_| SessionError::WeakPeerKey)?;
+        self.ephemeral = [0; 32];
+        self.sealer = Some(FrameSealer::new(&keys.client_to_server, Direction::ClientToServer));
+        self.opener = Some(FrameOpener::new(&keys.server_to_client, Direction::ServerToClient));
+        self.login_pending = true;
+        self.state = State::AwaitWelcome;
+        Ok(())
+    }
+
+    fn handle_sealed<'f>(&mut self, frame: &'f mut [u8]) -> Result<Option<ClientEvent<'f>>, SessionError> {
+        if !matches!(self.state, State::AwaitWelcome | State::Established) || self.login_pending {
+            return Err(SessionError::Unexpected);
+        }
+        let opener = self.opener.as_mut().ok_or(SessionError::NotEstablished)?;
+        let message: ServerMessage<'f> = open_message(opener, frame)?;
+        if self.state == State::AwaitWelcome {
+            let ServerMessage::Welcome(welcome) = &message else {
+                return Err(SessionError::Unexpected);
+            };
+            if self.server_id.is_some_and(|known| known != welcome.server_id) {
+                // Another server: its sequence numbers mean nothing next to ours.
+                self.delivered = 0;
+            }
+            self.server_id = Some(welcome.server_id);
+            self.delivered = self.delivered.max(welcome.cursor);
+            self.state = State::Established;
+            return Ok(Some(ClientEvent::Received(message)));
+        }
+        match &message {
+            ServerMessage::Stored { client_id, .. } => {
+                self.outbox.acknowledge(*client_id);
+            }
+            ServerMessage::Deliver(chat) => {
+                if chat.seq <= self.delivered {
+                    return Ok(None);
+                }
+                self.delivered = chat.seq;
+            }
+            ServerMessage::Ping { nonce } => {
+                self.pong_pending = Some(*nonce);
+                return Ok(None);
+            }
+            ServerMessage::Welcome(_) => return Err(SessionError::Unexpected),
+            _ => {}
+        }
+        Ok(Some(ClientEvent::Received(message)))
+    }
+
+    /// Writes the next frame the session wants to send into `out`, if any: the login,
+    /// a pong, a delivery acknowledgement, or a queued chat message. Call it until it
+    /// returns `None` after every batch of received frames and every queued message.
+    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, SessionError> {
+        let max = self.server_max_frame;
+        let Some(sealer) = self.sealer.as_mut() else {
+            return Ok(None);
+        };
+        if self.login_pending {
+            let login = ClientMessage::Login(Login { device: self.config.device, kind: self.config.kind });
+            let len = seal_message(sealer, &login, out, max)?;
+            self.login_pending = false;
+            return Ok(Some(len));
+        }
+        if self.state != State::Established {
+            return Ok(None);
+        }
+        if let Some(nonce) = self.pong_pending.take() {
+            return seal_message(sealer, &ClientMessage::Pong { nonce }, out, max).map(Some);
+        }
+        if self.delivered > self.acked {
+            let up_to = self.delivered;
+            let len = seal_message(sealer, &ClientMessage::Ack { up_to }, out, max)?;
+            self.acked = up_to;
+            return Ok(Some(len));
+        }
+        match self.outbox.next_unsent() {
+            Some(message) => {
+                let send = ClientMessage::Send(message.clone());
+                seal_message(sealer, &send, out, max).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Queues a chat message and returns its client id; it goes out through
+    /// [`Self::poll_transmit`] (now, or after the next login) and stays in the outbox
+    /// until the server has stored it.
+    pub fn queue_message(&mut self, to: Target, body: Body) -> Result<ClientMsgId, SessionError> {
+        if self.outbox.is_full() {
+            return Err(SessionError::OutboxFull);
+        }
+        let client_id = self.next_client_id;
+        self.outbox.push(SendMessage { client_id, to, body }).map_err(|_| SessionError::OutboxFull)?;
+        self.next_client_id = client_id.wrapping_add(1);
+        Ok(client_id)
+    }
+
+    /// Seals any other request (rooms, history, files, admin, ping) into `out`.
+    /// Chat messages go through [`Self::queue_message`] instead, so they survive a
+    /// reconnect.
+    pub fn seal(&mut self, message: &ClientMessage<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
+        if self.state != State::Established {
+            return Err(SessionError::NotEstablished);
+        }
+        if matches!(message, ClientMessage::Login(_)) {
+            return Err(SessionError::Unexpected);
+        }
+        let sealer = self.sealer.as_mut().ok_or(SessionError::NotEstablished)?;
+        seal_message(sealer, message, out, self.server_max_frame)
+    }
+
+    /// Whether the welcome has arrived and the session is usable.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// Whether the session failed or was refused; call [`Self::reconnect`] to retry.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The largest frame the server accepts.
+    pub fn server_max_frame(&self) -> usize {
+        self.server_max_frame
+    }
+
+    /// The highest sequence number received in the delivery stream.
+    pub fn delivered(&self) -> Seq {
+        self.delivered
+    }
+
+    /// Messages waiting to be stored by the server, oldest first.
+    pub fn outbox(&self) -> &Outbox<OUTBOX> {
+        &self.outbox
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+}

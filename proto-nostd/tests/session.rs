@@ -1,0 +1,419 @@
+//! Client and server sessions against each other over an in-memory transport:
+//! login, chat, acknowledgements, de-duplication, outbox resend after a disconnect,
+//! refusals and hostile frames.
+
+use std::collections::{HashMap, VecDeque};
+
+use casataa_proto::frame::{StreamItem, decode_stream, length_prefix};
+use casataa_proto::handshake::{Handshake, KdfParams, Refusal, UserKey, decoy_salt, derive_user_key};
+use casataa_proto::message::{ChatMessage, Content, Limits, SendMessage, ServerMessage, Welcome};
+use casataa_proto::session::{
+    AuthFailure, ClientConfig, ClientEvent, ServerConfig, ServerEvent, UserLookup, encode_handshake,
+};
+use casataa_proto::types::{ClientKind, ClientMsgId, Name, Role, Seq, Target};
+use casataa_proto::{ClientMessage, ClientSession, ServerSession, SessionError};
+
+const ITERATIONS: u32 = 10_000;
+const SALT: [u8; 16] = [9; 16];
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn kdf() -> KdfParams {
+    KdfParams { iterations: ITERATIONS, ..KdfParams::new(SALT) }
+}
+
+fn alice_key() -> UserKey {
+    derive_user_key("alice's passphrase", &kdf())
+}
+
+/// A toy store behind the server session: users, a message log, and stored client ids.
+#[derive(Default)]
+struct Store {
+    log: Vec<ChatMessage>,
+    ids: HashMap<ClientMsgId, Seq>,
+}
+
+impl Store {
+    fn store(&mut self, from: &Name, send: SendMessage) -> (Seq, bool) {
+        if let Some(&seq) = self.ids.get(&send.client_id) {
+            return (seq, false);
+        }
+        let seq = self.log.len() as Seq + 1;
+        self.log.push(ChatMessage {
+            seq,
+            at: 1000 + seq,
+            from: from.clone(),
+            to: send.to,
+            client_id: send.client_id,
+            content: Content::Text(send.body),
+        });
+        self.ids.insert(send.client_id, seq);
+        (seq, true)
+    }
+}
+
+/// One connection: the client's byte stream in both directions, length-prefixed as on
+/// TCP, with frames decoded by the real stream decoder.
+struct Link {
+    client: ClientSession<8>,
+    server: ServerSession,
+    to_server: Vec<u8>,
+    to_client: Vec<u8>,
+    lookup: fn(&Name) -> UserLookup,
+    key: UserKey,
+    events: VecDeque<String>,
+    delivered: Vec<Seq>,
+}
+
+fn known(_: &Name) -> UserLookup {
+    UserLookup::Known { key: alice_key(), kdf: kdf(), disabled: false }
+}
+
+fn push_frame(stream: &mut Vec<u8>, frame: &[u8]) {
+    stream.extend_from_slice(&length_prefix(frame.len()));
+    stream.extend_from_slice(frame);
+}
+
+fn pop_frame(stream: &mut Vec<u8>, max: usize) -> Option<Vec<u8>> {
+    match decode_stream(stream, max).unwrap() {
+        StreamItem::Frame { frame, consumed } => {
+            let out = stream[frame].to_vec();
+            stream.drain(..consumed);
+            Some(out)
+        }
+        StreamItem::NeedMore { .. } => None,
+    }
+}
+
+impl Link {
+    fn new(client: ClientSession<8>, key: UserKey, lookup: fn(&Name) -> UserLookup, seed: u8) -> Self {
+        Self {
+            client,
+            server: ServerSession::new(ServerConfig { max_frame: 65_535 }, [seed; 32]),
+            to_server: Vec::new(),
+            to_client: Vec::new(),
+            lookup,
+            key,
+            events: VecDeque::new(),
+            delivered: Vec::new(),
+        }
+    }
+
+    fn client_transmit(&mut self) {
+        let mut buf = vec![0u8; 65_535];
+        while let Some(n) = self.client.poll_transmit(&mut buf).unwrap() {
+            push_frame(&mut self.to_server, &buf[..n]);
+        }
+    }
+
+    fn server_send(&mut self, message: &ServerMessage<'_>) {
+        let mut buf = vec![0u8; 65_535];
+        let n = self.server.seal(message, &mut buf).unwrap();
+        push_frame(&mut self.to_client, &buf[..n]);
+    }
+
+    /// Runs the server side against `store` until the client has nothing more to say.
+    fn run_server(&mut self, store: &mut Store) -> Result<(), SessionError> {
+        let mut buf = vec![0u8; 65_535];
+        while let Some(mut frame) = pop_frame(&mut self.to_server, 65_535) {
+            match self.server.handle_frame(&mut frame)? {
+                ServerEvent::LookupUser(user) => {
+                    let n = self.server.accept_user((self.lookup)(&user), &mut buf)?;
+                    push_frame(&mut self.to_client, &buf[..n]);
+                }
+                ServerEvent::Authenticated(login) => {
+                    assert_eq!(login.kind, ClientKind::Cli);
+                    let user = self.server.user().unwrap().clone();
+                    let welcome = ServerMessage::Welcome(Welcome {
+                        server_id: [1; 16],
+                        server_name: "test".try_into().unwrap(),
+                        user,
+                        role: Role::User,
+                        now: 0,
+                        cursor: 0,
+                        limits: Limits {
+                            max_frame: 65_535,
+                            max_body: 2048,
+                            max_file_size: 1 << 20,
+                            user_quota: 1 << 24,
+                            messages_per_sec: 10,
+                            message_burst: 10,
+                            idle_secs: 30,
+                        },
+                    });
+                    self.server_send(&welcome);
+                }
+                ServerEvent::Message(ClientMessage::Send(send)) => {
+                    let from = self.server.user().unwrap().clone();
+                    let client_id = send.client_id;
+                    let (seq, _) = store.store(&from, send);
+                    self.server_send(&ServerMessage::Stored { client_id, seq, at: 1000 + seq });
+                    let message = store.log[seq as usize - 1].clone();
+                    self.server_send(&ServerMessage::Deliver(message));
+                }
+                ServerEvent::Message(ClientMessage::Ack { up_to }) => {
+                    self.events.push_back(format!("ack {up_to}"));
+                }
+                ServerEvent::Message(ClientMessage::Pong { nonce }) => {
+                    self.events.push_back(format!("pong {nonce}"));
+                }
+                ServerEvent::Message(other) => self.events.push_back(format!("{other:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the client side until the server has nothing more to say.
+    fn run_client(&mut self) -> Result<(), SessionError> {
+        while let Some(mut frame) = pop_frame(&mut self.to_client, 65_535) {
+            match self.client.handle_frame(&mut frame)? {
+                Some(ClientEvent::KeyNeeded(params)) => {
+                    assert_eq!(params, kdf());
+                    let key = self.key.clone();
+                    self.client.provide_key(&key)?;
+                }
+                Some(ClientEvent::Refused(why)) => self.events.push_back(format!("refused {why:?}")),
+                Some(ClientEvent::Received(ServerMessage::Deliver(m))) => self.delivered.push(m.seq),
+                Some(ClientEvent::Received(other)) => self.events.push_back(format!("{other:?}")),
+                None => {}
+            }
+        }
+        self.client_transmit();
+        Ok(())
+    }
+
+    fn connect(&mut self) {
+        let mut buf = vec![0u8; 1024];
+        let n = self.client.start(&mut buf).unwrap();
+        push_frame(&mut self.to_server, &buf[..n]);
+    }
+
+    fn pump(&mut self, store: &mut Store) -> Result<(), SessionError> {
+        for _ in 0..10 {
+            self.run_server(store)?;
+            self.run_client()?;
+            if self.to_server.is_empty() && self.to_client.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn alice(seed: u8) -> ClientSession<8> {
+    let config = ClientConfig { user: name("alice"), device: [7; 16], kind: ClientKind::Cli, max_frame: 65_535 };
+    ClientSession::new(config, [seed; 32], 100)
+}
+
+fn general() -> Target {
+    Target::Room(name("general"))
+}
+
+#[test]
+fn login_chat_store_deliver_and_ack() {
+    let mut store = Store::default();
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.connect();
+    link.pump(&mut store).unwrap();
+    assert!(link.client.is_established());
+    assert!(link.server.is_established());
+    assert_eq!(link.server.user().unwrap().as_str(), "alice");
+
+    let id = link.client.queue_message(general(), "hi".try_into().unwrap()).unwrap();
+    assert_eq!(id, 100);
+    link.client_transmit();
+    link.pump(&mut store).unwrap();
+    assert_eq!(store.log.len(), 1);
+    assert!(link.client.outbox().is_empty(), "stored messages leave the outbox");
+    assert_eq!(link.delivered, vec![1]);
+    assert!(link.events.iter().any(|e| e == "ack 1"), "{:?}", link.events);
+}
+
+#[test]
+fn pings_are_answered_automatically() {
+    let mut store = Store::default();
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.connect();
+    link.pump(&mut store).unwrap();
+    link.server_send(&ServerMessage::Ping { nonce: 77 });
+    link.pump(&mut store).unwrap();
+    assert!(link.events.iter().any(|e| e == "pong 77"), "{:?}", link.events);
+}
+
+#[test]
+fn the_outbox_resends_after_a_disconnect_and_each_message_is_stored_once() {
+    let mut store = Store::default();
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.connect();
+    link.pump(&mut store).unwrap();
+
+    // Three messages: the server reads all three, but the connection drops before the
+    // client reads the acknowledgement of any.
+    for text in ["one", "two", "three"] {
+        link.client.queue_message(general(), text.try_into().unwrap()).unwrap();
+    }
+    link.client_transmit();
+    link.run_server(&mut store).unwrap();
+    assert_eq!(store.log.len(), 3);
+    link.to_client.clear();
+    assert_eq!(link.client.outbox().len(), 3);
+
+    // A fourth is written while offline.
+    link.client.queue_message(general(), "four".try_into().unwrap()).unwrap();
+
+    // Reconnect on a new link with fresh ephemeral keys.
+    let mut client = std::mem::replace(&mut link.client, alice(9));
+    client.reconnect([3; 32]);
+    let mut link = Link::new(client, alice_key(), known, 4);
+    link.connect();
+    link.pump(&mut store).unwrap();
+
+    assert!(link.client.outbox().is_empty());
+    let bodies: Vec<String> = store
+        .log
+        .iter()
+        .map(|m| match &m.content {
+            Content::Text(body) => body.to_string(),
+            Content::File(_) => unreachable!(),
+        })
+        .collect();
+    assert_eq!(bodies, ["one", "two", "three", "four"], "each message stored once, in order");
+    assert_eq!(link.client.delivered(), 4);
+}
+
+#[test]
+fn duplicate_deliveries_are_dropped_by_sequence_number() {
+    let mut store = Store::default();
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.connect();
+    link.pump(&mut store).unwrap();
+    link.client.queue_message(general(), "x".try_into().unwrap()).unwrap();
+    link.client_transmit();
+    link.pump(&mut store).unwrap();
+    let message = store.log[0].clone();
+    link.server_send(&ServerMessage::Deliver(message.clone()));
+    link.server_send(&ServerMessage::Deliver(message));
+    link.pump(&mut store).unwrap();
+    assert_eq!(link.delivered, vec![1], "the same sequence number is shown once");
+}
+
+#[test]
+fn a_wrong_passphrase_fails_at_the_proof() {
+    let mut store = Store::default();
+    let wrong = derive_user_key("not alice's passphrase", &kdf());
+    let mut link = Link::new(alice(1), wrong, known, 2);
+    link.connect();
+    assert_eq!(link.pump(&mut store), Err(SessionError::Auth(AuthFailure::WrongKey)));
+    assert!(!link.server.is_established());
+}
+
+#[test]
+fn unknown_and_disabled_users_fail_at_the_same_point() {
+    fn unknown(user: &Name) -> UserLookup {
+        let kdf = KdfParams { iterations: ITERATIONS, ..KdfParams::new(decoy_salt(&[5; 32], user)) };
+        UserLookup::Unknown { kdf, decoy_key: UserKey([0x55; 32]) }
+    }
+    fn disabled(_: &Name) -> UserLookup {
+        UserLookup::Known { key: alice_key(), kdf: kdf(), disabled: true }
+    }
+    // The unknown user's client gets a decoy salt; the test client ignores it and uses
+    // the real key, which cannot match the decoy key.
+    let mut link = Link::new(alice(1), alice_key(), unknown, 2);
+    link.connect();
+    link.run_server(&mut Store::default()).unwrap();
+    let mut frame = pop_frame(&mut link.to_client, 65_535).unwrap();
+    assert!(matches!(link.client.handle_frame(&mut frame), Ok(Some(ClientEvent::KeyNeeded(_)))));
+    link.client.provide_key(&alice_key()).unwrap();
+    link.client_transmit();
+    assert_eq!(link.run_server(&mut Store::default()), Err(SessionError::Auth(AuthFailure::UnknownUser)));
+
+    let mut link = Link::new(alice(1), alice_key(), disabled, 2);
+    link.connect();
+    assert_eq!(link.pump(&mut Store::default()), Err(SessionError::Auth(AuthFailure::Disabled)));
+}
+
+#[test]
+fn the_client_reports_a_refusal() {
+    let mut client = alice(1);
+    let mut buf = [0u8; 512];
+    client.start(&mut buf).unwrap();
+    let n = encode_handshake(&Handshake::Refused(Refusal::AuthFailed), &mut buf).unwrap();
+    assert_eq!(&buf[..n], &[0x01, 0x02, 0x00]);
+    match client.handle_frame(&mut buf[..n]) {
+        Ok(Some(ClientEvent::Refused(Refusal::AuthFailed))) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(client.is_closed());
+}
+
+#[test]
+fn a_server_asking_for_a_cheap_kdf_is_refused() {
+    let mut link = Link::new(alice(1), alice_key(), |_| UserLookup::Known {
+        key: alice_key(),
+        kdf: KdfParams { iterations: 1, ..KdfParams::new(SALT) },
+        disabled: false,
+    }, 2);
+    link.connect();
+    assert_eq!(link.pump(&mut Store::default()), Err(SessionError::UnacceptableKdf));
+}
+
+#[test]
+fn hostile_frames_close_the_session_without_panicking() {
+    // Random bytes instead of a hello.
+    let mut server = ServerSession::new(ServerConfig { max_frame: 65_535 }, [2; 32]);
+    assert!(server.handle_frame(&mut [0x01, 0xff, 0xff, 0xff]).is_err());
+    // A sealed frame before any handshake.
+    let mut server = ServerSession::new(ServerConfig { max_frame: 65_535 }, [2; 32]);
+    assert_eq!(server.handle_frame(&mut [0x02; 40]), Err(SessionError::Unexpected));
+    // A hello stating an out-of-range frame limit.
+    let config = ClientConfig { user: name("alice"), device: [7; 16], kind: ClientKind::Cli, max_frame: 100 };
+    let mut client: ClientSession = ClientSession::new(config, [1; 32], 0);
+    assert_eq!(client.start(&mut [0u8; 512]), Err(SessionError::BadFrameLimit));
+    // A second hello after the first.
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.connect();
+    link.pump(&mut Store::default()).unwrap();
+    let mut hello = vec![0u8; 512];
+    let n = alice(5).start(&mut hello).unwrap();
+    assert_eq!(link.server.handle_frame(&mut hello[..n]), Err(SessionError::Unexpected));
+}
+
+#[test]
+fn a_frame_from_another_session_fails_to_open() {
+    let mut store = Store::default();
+    let mut first = Link::new(alice(1), alice_key(), known, 2);
+    first.connect();
+    first.pump(&mut store).unwrap();
+    let mut second = Link::new(alice(3), alice_key(), known, 4);
+    second.connect();
+    second.pump(&mut store).unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = first.client.seal(&ClientMessage::ListRooms, &mut buf).unwrap();
+    assert!(matches!(second.server.handle_frame(&mut buf[..n]), Err(SessionError::Open(_))));
+}
+
+#[test]
+fn the_server_refuses_frames_over_the_clients_limit() {
+    let config = ClientConfig { user: name("alice"), device: [7; 16], kind: ClientKind::Cli, max_frame: 4096 };
+    let mut link = Link::new(ClientSession::new(config, [1; 32], 0), alice_key(), known, 2);
+    link.connect();
+    link.pump(&mut Store::default()).unwrap();
+    let data = vec![0u8; 5000];
+    let chunk = ServerMessage::FileChunk(casataa_proto::message::FileChunk { file: 1, offset: 0, data: &data });
+    let mut buf = vec![0u8; 65_535];
+    assert!(matches!(link.server.seal(&chunk, &mut buf), Err(SessionError::Seal(_))));
+    let data = vec![0u8; casataa_proto::limits::chunk_capacity(4096)];
+    let chunk = ServerMessage::FileChunk(casataa_proto::message::FileChunk { file: u64::MAX, offset: u64::MAX, data: &data });
+    assert!(link.server.seal(&chunk, &mut buf).is_ok(), "a chunk of chunk_capacity always fits");
+}
+
+#[test]
+fn the_outbox_is_bounded() {
+    let mut client = alice(1);
+    for i in 0..8 {
+        client.queue_message(general(), "x".try_into().unwrap()).unwrap_or_else(|e| panic!("{i}: {e}"));
+    }
+    assert_eq!(client.queue_message(general(), "x".try_into().unwrap()), Err(SessionError::OutboxFull));
+}
