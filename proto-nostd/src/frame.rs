@@ -144,18 +144,12 @@ mod tests {
     #[test]
     fn a_whole_frame_is_found_and_trailing_bytes_left() {
         let buf = [0, 0, 0, 2, KIND_HANDSHAKE, 7, 0xaa];
-        assert_eq!(
-            decode_stream(&buf, 4096),
-            Ok(StreamItem::Frame { frame: 4..6, consumed: 6 })
-        );
+        assert_eq!(decode_stream(&buf, 4096), Ok(StreamItem::Frame { frame: 4..6, consumed: 6 }));
     }
 
     #[test]
     fn oversize_and_negative_looking_lengths_are_refused_before_the_body() {
-        assert_eq!(
-            decode_stream(&[0, 0, 0x10, 1], 4096),
-            Err(FrameError::Oversize { len: 4097, max: 4096 })
-        );
+        assert_eq!(decode_stream(&[0, 0, 0x10, 1], 4096), Err(FrameError::Oversize { len: 4097, max: 4096 }));
         assert_eq!(
             decode_stream(&[0xff, 0xff, 0xff, 0xff], 65_535),
             Err(FrameError::Oversize { len: u64::from(u32::MAX), max: 65_535 })

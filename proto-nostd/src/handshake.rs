@@ -161,13 +161,15 @@ pub fn derive_user_key(passphrase: &str, params: &KdfParams) -> UserKey {
 /// HMAC-SHA256(server secret, [`DECOY_SALT_LABEL`] ‖ name). It is the same on every
 /// attempt, so asking twice does not reveal that the user is unknown.
 pub fn decoy_salt(server_secret: &[u8; 32], user: &Name) -> [u8; SALT_LEN] {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(server_secret)
-        .unwrap_or_else(|_| unreachable_hmac_key());
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(server_secret).unwrap_or_else(|_| unreachable_hmac_key());
     mac.update(DECOY_SALT_LABEL);
     mac.update(user.as_bytes());
     let full = mac.finalize().into_bytes();
     let mut salt = [0u8; SALT_LEN];
-    salt.copy_from_slice(&full[..SALT_LEN]);
+    for (out, byte) in salt.iter_mut().zip(full.iter()) {
+        *out = *byte;
+    }
     salt
 }
 
@@ -281,10 +283,7 @@ mod tests {
         // RFC 7914 section 11: PBKDF2-HMAC-SHA256("passwd", "salt", 1, 64), first 32 bytes.
         let mut out = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(b"passwd", b"salt", 1, &mut out);
-        assert_eq!(
-            out[..8],
-            [0x55, 0xac, 0x04, 0x6e, 0x56, 0xe3, 0x08, 0x9f]
-        );
+        assert_eq!(out[..8], [0x55, 0xac, 0x04, 0x6e, 0x56, 0xe3, 0x08, 0x9f]);
     }
 
     #[test]
@@ -308,10 +307,7 @@ mod tests {
         assert_eq!(from_a, from_b);
         let keys = from_a.unwrap_or_else(|_| unreachable!());
         assert_ne!(keys.client_to_server, keys.server_to_client);
-        assert_eq!(
-            derive_session_keys(&a, &[0u8; 32], &key, &th),
-            Err(KeyScheduleError::WeakPeerKey)
-        );
+        assert_eq!(derive_session_keys(&a, &[0u8; 32], &key, &th), Err(KeyScheduleError::WeakPeerKey));
     }
 
     #[test]

@@ -20,6 +20,13 @@
 
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
+// Nothing in this crate may panic on input from the network.
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::large_enum_variant,
+    clippy::result_large_err,
+    reason = "without an allocator, bounded messages live inline and are never boxed"
+)]
 
 pub mod aead;
 pub mod frame;

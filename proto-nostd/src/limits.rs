@@ -42,7 +42,8 @@ pub const FRAME_MIN: usize = 4096;
 /// The largest receive limit a peer may state. AES-CCM with a 13-byte nonce caps one
 /// message at 65,535 bytes; a frame is never longer than that, header and tag included.
 pub const FRAME_MAX: usize = 65_535;
-/// Receive limit used before the hello exchange has told each side the other's limit.
+/// Receive limit before the keys exist: hellos and refusals are small, so a peer that
+/// has not proved anything cannot make the other side buffer more than this.
 pub const HANDSHAKE_FRAME_MAX: usize = 512;
 
 /// Worst-case bytes of a file chunk message around its data: message tag, file id,

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::LIST_PAGE_MAX;
 use crate::types::{
-    Addr, Body, ClientKind, ClientMsgId, DeviceId, FileId, FileName, Name, Passphrase, Role, Seq,
-    ServerId, ServerName, Sha256Digest, Target, Text, UnixMillis,
+    Addr, Body, ClientKind, ClientMsgId, DeviceId, FileId, FileName, Name, Passphrase, Role, Seq, ServerId,
+    ServerName, Sha256Digest, Target, Text, UnixMillis,
 };
 
 /// A message from a client to the server.

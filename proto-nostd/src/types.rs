@@ -102,10 +102,7 @@ fn validate_name(s: &str) -> Result<(), NameError> {
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
         return Err(NameError::BadCharacter);
     }
-    if bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
-    {
+    if bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')) {
         Ok(())
     } else {
         Err(NameError::BadCharacter)

@@ -29,7 +29,14 @@ macro_rules! ccm_encrypt {
 fn nist_sp800_38c_examples_1_to_3() {
     let key = hex("40414243 44454647 48494a4b 4c4d4e4f");
     assert_eq!(
-        ccm_encrypt!(U4, ccm::consts::U7, key, hex("10111213 141516"), hex("00010203 04050607"), hex("20212223")),
+        ccm_encrypt!(
+            U4,
+            ccm::consts::U7,
+            key,
+            hex("10111213 141516"),
+            hex("00010203 04050607"),
+            hex("20212223")
+        ),
         hex("7162015b 4dac255d")
     );
     assert_eq!(
@@ -85,7 +92,9 @@ fn our_parameters_match_an_independent_implementation() {
     );
     assert_eq!(
         out,
-        hex("0ad10cef4ec0812a6200adee7f51b77647928c61b6d14bc591d9c6661f21852c15811ecb975b77fb939888bf7c4a17763130a918937698f49bd425d9e24fface06")
+        hex(
+            "0ad10cef4ec0812a6200adee7f51b77647928c61b6d14bc591d9c6661f21852c15811ecb975b77fb939888bf7c4a17763130a918937698f49bd425d9e24fface06"
+        )
     );
     // And our type alias is that very cipher.
     let _: Aes128Ccm = Aes128Ccm::new_from_slice(&[0u8; 16]).unwrap();
@@ -170,7 +179,10 @@ fn wrong_key_direction_or_session_fails() {
     assert_eq!(other_direction.open_in_place(&mut frame.clone()), Err(OpenError::Forged));
     let mut not_sealed = frame.clone();
     not_sealed[0] = 0x01;
-    assert_eq!(FrameOpener::new(&KEY, Direction::ClientToServer).open_in_place(&mut not_sealed), Err(OpenError::NotSealed));
+    assert_eq!(
+        FrameOpener::new(&KEY, Direction::ClientToServer).open_in_place(&mut not_sealed),
+        Err(OpenError::NotSealed)
+    );
 }
 
 #[test]

@@ -65,6 +65,8 @@ struct Link {
     key: UserKey,
     events: VecDeque<String>,
     delivered: Vec<Seq>,
+    /// The delivery cursor the server's welcome states.
+    cursor: Seq,
 }
 
 fn known(_: &Name) -> UserLookup {
@@ -98,6 +100,7 @@ impl Link {
             key,
             events: VecDeque::new(),
             delivered: Vec::new(),
+            cursor: 0,
         }
     }
 
@@ -132,7 +135,7 @@ impl Link {
                         user,
                         role: Role::User,
                         now: 0,
-                        cursor: 0,
+                        cursor: self.cursor,
                         limits: Limits {
                             max_frame: 65_535,
                             max_body: 2048,
@@ -203,7 +206,8 @@ impl Link {
 }
 
 fn alice(seed: u8) -> ClientSession<8> {
-    let config = ClientConfig { user: name("alice"), device: [7; 16], kind: ClientKind::Cli, max_frame: 65_535 };
+    let config =
+        ClientConfig { user: name("alice"), device: [7; 16], kind: ClientKind::Cli, max_frame: 65_535 };
     ClientSession::new(config, [seed; 32], 100)
 }
 
@@ -350,11 +354,16 @@ fn the_client_reports_a_refusal() {
 
 #[test]
 fn a_server_asking_for_a_cheap_kdf_is_refused() {
-    let mut link = Link::new(alice(1), alice_key(), |_| UserLookup::Known {
-        key: alice_key(),
-        kdf: KdfParams { iterations: 1, ..KdfParams::new(SALT) },
-        disabled: false,
-    }, 2);
+    let mut link = Link::new(
+        alice(1),
+        alice_key(),
+        |_| UserLookup::Known {
+            key: alice_key(),
+            kdf: KdfParams { iterations: 1, ..KdfParams::new(SALT) },
+            disabled: false,
+        },
+        2,
+    );
     link.connect();
     assert_eq!(link.pump(&mut Store::default()), Err(SessionError::UnacceptableKdf));
 }
@@ -396,16 +405,22 @@ fn a_frame_from_another_session_fails_to_open() {
 
 #[test]
 fn the_server_refuses_frames_over_the_clients_limit() {
-    let config = ClientConfig { user: name("alice"), device: [7; 16], kind: ClientKind::Cli, max_frame: 4096 };
+    let config =
+        ClientConfig { user: name("alice"), device: [7; 16], kind: ClientKind::Cli, max_frame: 4096 };
     let mut link = Link::new(ClientSession::new(config, [1; 32], 0), alice_key(), known, 2);
     link.connect();
     link.pump(&mut Store::default()).unwrap();
     let data = vec![0u8; 5000];
-    let chunk = ServerMessage::FileChunk(casataa_proto::message::FileChunk { file: 1, offset: 0, data: &data });
+    let chunk =
+        ServerMessage::FileChunk(casataa_proto::message::FileChunk { file: 1, offset: 0, data: &data });
     let mut buf = vec![0u8; 65_535];
     assert!(matches!(link.server.seal(&chunk, &mut buf), Err(SessionError::Seal(_))));
     let data = vec![0u8; casataa_proto::limits::chunk_capacity(4096)];
-    let chunk = ServerMessage::FileChunk(casataa_proto::message::FileChunk { file: u64::MAX, offset: u64::MAX, data: &data });
+    let chunk = ServerMessage::FileChunk(casataa_proto::message::FileChunk {
+        file: u64::MAX,
+        offset: u64::MAX,
+        data: &data,
+    });
     assert!(link.server.seal(&chunk, &mut buf).is_ok(), "a chunk of chunk_capacity always fits");
 }
 
@@ -416,4 +431,42 @@ fn the_outbox_is_bounded() {
         client.queue_message(general(), "x".try_into().unwrap()).unwrap_or_else(|e| panic!("{i}: {e}"));
     }
     assert_eq!(client.queue_message(general(), "x".try_into().unwrap()), Err(SessionError::OutboxFull));
+}
+
+#[test]
+fn frames_before_the_keys_are_limited_to_the_handshake_size() {
+    let mut server = ServerSession::new(ServerConfig { max_frame: 65_535 }, [2; 32]);
+    let mut big = vec![0x01u8; casataa_proto::limits::HANDSHAKE_FRAME_MAX + 1];
+    assert!(matches!(
+        server.handle_frame(&mut big),
+        Err(SessionError::Frame(casataa_proto::frame::FrameError::Oversize { .. }))
+    ));
+    let mut client = alice(1);
+    client.start(&mut [0u8; 512]).unwrap();
+    assert!(matches!(
+        client.handle_frame(&mut big),
+        Err(SessionError::Frame(casataa_proto::frame::FrameError::Oversize { .. }))
+    ));
+}
+
+#[test]
+fn after_a_reconnect_only_deliveries_beyond_the_servers_cursor_are_acknowledged() {
+    for (cursor, expected_acks) in [(1, 0), (0, 1)] {
+        let mut store = Store::default();
+        let mut link = Link::new(alice(1), alice_key(), known, 2);
+        link.connect();
+        link.pump(&mut store).unwrap();
+        link.client.queue_message(general(), "x".try_into().unwrap()).unwrap();
+        link.client_transmit();
+        link.pump(&mut store).unwrap();
+        assert_eq!(link.events.iter().filter(|e| e.as_str() == "ack 1").count(), 1);
+        let mut client = std::mem::replace(&mut link.client, alice(9));
+        client.reconnect([3; 32]);
+        let mut link = Link::new(client, alice_key(), known, 4);
+        link.cursor = cursor;
+        link.connect();
+        link.pump(&mut store).unwrap();
+        let acks = link.events.iter().filter(|e| e.starts_with("ack")).count();
+        assert_eq!(acks, expected_acks, "welcome cursor {cursor}: {:?}", link.events);
+    }
 }

@@ -125,7 +125,10 @@ fn compute() -> Vec<(&'static str, Vec<u8>)> {
     let send = ClientMessage::Send(client.outbox().iter().next().unwrap().clone());
     let used = postcard::to_slice(&send, &mut plaintext).unwrap().len();
     out.push(("chat_plaintext", plaintext[..used].to_vec()));
-    out.push(("chat_nonce", casataa_proto::aead::nonce(casataa_proto::aead::Direction::ClientToServer, 1).to_vec()));
+    out.push((
+        "chat_nonce",
+        casataa_proto::aead::nonce(casataa_proto::aead::Direction::ClientToServer, 1).to_vec(),
+    ));
     out.push(("chat_frame", chat.clone()));
     let mut on_tcp = length_prefix(chat.len()).to_vec();
     on_tcp.extend_from_slice(&chat);

@@ -1,1 +1,212 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, as one dependency-free binary.
+//!
+//! - `cargo xtask test`: everything CI checks — formatting, clippy with warnings as
+//!   errors, every test, the protocol crate's no_std builds for the ESP32-C3 and the
+//!   browser, and a short fuzzing pass. It installs what it needs (rustup targets and
+//!   components, cargo-fuzz) on a fresh machine.
+//! - `cargo xtask fuzz [--secs N] [TARGET...]`: runs the cargo-fuzz targets.
+//! - `cargo xtask bench`: the criterion benchmarks.
+//! - `cargo xtask run`: starts Casataa (arrives with the host server).
+
+use std::env;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// Targets the protocol crate must build for without std.
+const NO_STD_TARGETS: [&str; 2] = ["riscv32imc-unknown-none-elf", "wasm32-unknown-unknown"];
+/// Every cargo-fuzz target in `fuzz/`.
+const FUZZ_TARGETS: [&str; 2] = ["frame_decode", "server_handshake"];
+/// Seconds per fuzz target in `cargo xtask test`.
+const TEST_FUZZ_SECS: u32 = 20;
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("fuzz") => parse_fuzz_args(&args[1..]).and_then(|(secs, targets)| fuzz(secs, &targets)),
+        Some("bench") => bench(&args[1..]),
+        Some("run") => Err("the host server is not part of this checkout yet: `cargo xtask run` starts it \
+                            once `server-host/` exists"
+            .to_owned()),
+        Some("help" | "--help" | "-h") | None => {
+            print_help();
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`; try `cargo xtask help`")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_help() {
+    println!(
+        "cargo xtask COMMAND
+
+Commands:
+  test                  formatting, clippy -D warnings, all tests, no_std builds, short fuzz pass
+  fuzz [--secs N] [T..] run the fuzz targets (default: all, 60 s each)
+  bench [ARGS..]        run the criterion benchmarks (ARGS go to the bench binaries)
+  run                   start Casataa (with the host server)"
+    );
+}
+
+/// The workspace root, from this crate's manifest directory.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// Runs a command in the project root, echoing it, and fails on a non-zero exit.
+fn run<I, S>(program: &str, args: I) -> Result
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_in(&project_root(), program, args, &[])
+}
+
+fn run_in<I, S>(dir: &Path, program: &str, args: I, envs: &[(&str, &str)]) -> Result
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<S> = args.into_iter().collect();
+    let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+    let name = Path::new(program).file_name().map_or(program.into(), |n| n.to_string_lossy());
+    eprintln!("\n$ {name} {}", shown.join(" "));
+    let status = Command::new(program)
+        .args(&args)
+        .envs(envs.iter().copied())
+        .current_dir(dir)
+        .status()
+        .map_err(|e| format!("cannot start `{program}`: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`{name} {}` failed ({status})", shown.join(" "))) }
+}
+
+/// Output of a command, or `None` if it cannot run or fails.
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Adds the rustup targets and components the checks need, when missing.
+fn ensure_toolchain() -> Result {
+    let Some(installed) = output("rustup", &["target", "list", "--installed"]) else {
+        eprintln!("xtask: rustup not found; assuming the targets are installed");
+        return Ok(());
+    };
+    let missing: Vec<&str> =
+        NO_STD_TARGETS.iter().copied().filter(|t| !installed.lines().any(|l| l == *t)).collect();
+    if !missing.is_empty() {
+        run("rustup", ["target", "add"].iter().chain(&missing))?;
+    }
+    let components = output("rustup", &["component", "list", "--installed"]).unwrap_or_default();
+    for component in ["rustfmt", "clippy"] {
+        if !components.lines().any(|l| l.starts_with(component)) {
+            run("rustup", ["component", "add", component])?;
+        }
+    }
+    Ok(())
+}
+
+fn test() -> Result {
+    let started = Instant::now();
+    ensure_toolchain()?;
+    let cargo = cargo();
+    run(&cargo, ["fmt", "--all", "--check"])?;
+    run_in(&project_root().join("fuzz"), &cargo, ["fmt", "--check"], &[])?;
+    run(&cargo, ["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    for target in NO_STD_TARGETS {
+        run(&cargo, ["build", "--package", "casataa-proto", "--target", target])?;
+        run(&cargo, ["clippy", "--package", "casataa-proto", "--target", target, "--", "-D", "warnings"])?;
+    }
+    run(&cargo, ["test", "--workspace"])?;
+    fuzz(TEST_FUZZ_SECS, &[])?;
+    eprintln!("\nxtask: all checks passed in {} s", started.elapsed().as_secs());
+    Ok(())
+}
+
+fn parse_fuzz_args(args: &[String]) -> Result<(u32, Vec<String>)> {
+    let mut secs = 60;
+    let mut targets = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--secs" {
+            let value = iter.next().ok_or("--secs needs a number of seconds")?;
+            secs = value.parse().map_err(|_| format!("--secs: `{value}` is not a number of seconds"))?;
+        } else if FUZZ_TARGETS.contains(&arg.as_str()) {
+            targets.push(arg.clone());
+        } else {
+            return Err(format!("unknown fuzz argument `{arg}`; targets are {}", FUZZ_TARGETS.join(", ")));
+        }
+    }
+    Ok((secs, targets))
+}
+
+/// Installs cargo-fuzz when missing.
+fn ensure_cargo_fuzz() -> Result {
+    if output(&cargo(), &["fuzz", "--version"]).is_some() {
+        return Ok(());
+    }
+    run(&cargo(), ["install", "cargo-fuzz", "--locked"])
+}
+
+/// Runs each fuzz target for `secs` seconds, seeded from `fuzz/corpus/TARGET/`.
+///
+/// The toolchain is stable, so cargo-fuzz runs without a sanitizer and
+/// `RUSTC_BOOTSTRAP=1` lets it pass its unstable flags; Rust code needs no
+/// AddressSanitizer to turn a panic, an overflow or a bounds error into a crash.
+fn fuzz(secs: u32, targets: &[String]) -> Result {
+    ensure_cargo_fuzz()?;
+    let all: Vec<String> = FUZZ_TARGETS.iter().map(|t| (*t).to_owned()).collect();
+    let targets = if targets.is_empty() { &all } else { targets };
+    let root = project_root();
+    let target_dir = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    for target in targets {
+        // New inputs go to a scratch corpus; the seeds kept in the repository are read.
+        let scratch = target_dir.join("fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch).map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
+        let seeds = root.join("fuzz").join("corpus").join(target);
+        let max_time = format!("-max_total_time={secs}");
+        run_in(
+            &root,
+            &cargo(),
+            [
+                "fuzz",
+                "run",
+                "--sanitizer",
+                "none",
+                target,
+                &scratch.to_string_lossy(),
+                &seeds.to_string_lossy(),
+                "--",
+                &max_time,
+                "-max_len=4096",
+                "-print_final_stats=1",
+            ],
+            &[("RUSTC_BOOTSTRAP", "1")],
+        )?;
+    }
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result {
+    let mut cargo_args = vec!["bench".to_owned(), "--package".to_owned(), "casataa-proto".to_owned()];
+    if !args.is_empty() {
+        cargo_args.push("--".to_owned());
+        cargo_args.extend(args.iter().cloned());
+    }
+    run(&cargo(), &cargo_args)
+}

@@ -16,11 +16,11 @@
 //! dropped).
 
 use crate::aead::{Direction, FrameOpener, FrameSealer};
-use crate::frame::{FrameKind, frame_kind};
+use crate::frame::{FrameError, FrameKind, frame_kind};
 use crate::handshake::{
     ClientHello, Handshake, KdfParams, Refusal, Transcript, UserKey, derive_session_keys, public_key,
 };
-use crate::limits::{FRAME_MIN, OUTBOX_DEFAULT, PROTOCOL_VERSION};
+use crate::limits::{FRAME_MIN, HANDSHAKE_FRAME_MAX, OUTBOX_DEFAULT, PROTOCOL_VERSION};
 use crate::message::{ClientMessage, Login, SendMessage, ServerMessage};
 use crate::session::outbox::Outbox;
 use crate::session::{
@@ -141,6 +141,11 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
 
     /// Handles one received frame (header byte included, no length prefix).
     pub fn handle_frame<'f>(&mut self, frame: &'f mut [u8]) -> Result<Option<ClientEvent<'f>>, SessionError> {
+        let limit = if self.opener.is_some() { self.config.max_frame as usize } else { HANDSHAKE_FRAME_MAX };
+        if frame.len() > limit {
+            self.state = State::Closed;
+            return Err(FrameError::Oversize { len: frame.len() as u64, max: limit }.into());
+        }
         let result = match frame_kind(frame)? {
             FrameKind::Handshake => self.handle_handshake(frame).map(Some),
             FrameKind::Sealed => self.handle_sealed(frame),
@@ -165,7 +170,10 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
                 self.state = State::AwaitKey { server_public: hello.ephemeral };
                 Ok(ClientEvent::KeyNeeded(hello.kdf))
             }
-            (State::AwaitServerHello | State::AwaitKey { .. } | State::AwaitWelcome, Handshake::Refused(why)) => {
+            (
+                State::AwaitServerHello | State::AwaitKey { .. } | State::AwaitWelcome,
+                Handshake::Refused(why),
+            ) => {
                 self.state = State::Closed;
                 Ok(ClientEvent::Refused(why))
             }
@@ -205,6 +213,8 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             }
             self.server_id = Some(welcome.server_id);
             self.delivered = self.delivered.max(welcome.cursor);
+            // The server already holds this device's cursor: acknowledge only beyond it.
+            self.acked = welcome.cursor;
             self.state = State::Established;
             return Ok(Some(ClientEvent::Received(message)));
         }
@@ -254,13 +264,14 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             self.acked = up_to;
             return Ok(Some(len));
         }
-        match self.outbox.next_unsent() {
-            Some(message) => {
-                let send = ClientMessage::Send(message.clone());
-                seal_message(sealer, &send, out, max).map(Some)
-            }
-            None => Ok(None),
-        }
+        let Some(message) = self.outbox.next_unsent() else {
+            return Ok(None);
+        };
+        let client_id = message.client_id;
+        let len = seal_message(sealer, &ClientMessage::Send(message.clone()), out, max)?;
+        // Marked only once sealed: a message that failed to seal is tried again.
+        self.outbox.mark_sent(client_id);
+        Ok(Some(len))
     }
 
     /// Queues a chat message and returns its client id; it goes out through

@@ -121,11 +121,7 @@ impl fmt::Display for AuthFailure {
 /// Checks a frame limit stated in a hello.
 fn frame_limit(stated: u32) -> Result<usize, SessionError> {
     let stated = stated as usize;
-    if (FRAME_MIN..=FRAME_MAX).contains(&stated) {
-        Ok(stated)
-    } else {
-        Err(SessionError::BadFrameLimit)
-    }
+    if (FRAME_MIN..=FRAME_MAX).contains(&stated) { Ok(stated) } else { Err(SessionError::BadFrameLimit) }
 }
 
 /// Writes a plaintext handshake frame (header byte and postcard body) into `out`.
@@ -176,7 +172,10 @@ fn seal_message<T: Serialize>(
 }
 
 /// Opens a sealed frame and decodes the message inside.
-fn open_message<'f, T: Deserialize<'f>>(opener: &mut FrameOpener, frame: &'f mut [u8]) -> Result<T, SessionError> {
+fn open_message<'f, T: Deserialize<'f>>(
+    opener: &mut FrameOpener,
+    frame: &'f mut [u8],
+) -> Result<T, SessionError> {
     let plaintext = opener.open_in_place(frame)?;
     decode_exact(plaintext)
 }

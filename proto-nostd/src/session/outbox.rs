@@ -39,11 +39,16 @@ impl<const N: usize> Outbox<N> {
         Some(self.entries.remove(index).message)
     }
 
-    /// The oldest message not yet sent on this connection, marked as sent.
-    pub fn next_unsent(&mut self) -> Option<&SendMessage> {
-        let entry = self.entries.iter_mut().find(|e| !e.sent)?;
-        entry.sent = true;
-        Some(&entry.message)
+    /// The oldest message not yet sent on this connection.
+    pub fn next_unsent(&self) -> Option<&SendMessage> {
+        self.entries.iter().find(|e| !e.sent).map(|e| &e.message)
+    }
+
+    /// Marks the message with this id as sent on this connection.
+    pub fn mark_sent(&mut self, client_id: ClientMsgId) {
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.message.client_id == client_id) {
+            entry.sent = true;
+        }
     }
 
     /// Marks every message unsent, for a new connection.

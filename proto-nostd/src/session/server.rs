@@ -12,9 +12,11 @@
 //!    deliveries are sealed with [`ServerSession::seal`].
 
 use crate::aead::{Direction, FrameOpener, FrameSealer};
-use crate::frame::{FrameKind, frame_kind};
-use crate::handshake::{Handshake, KdfParams, ServerHello, Transcript, UserKey, derive_session_keys, public_key};
-use crate::limits::{FRAME_MIN, PROTOCOL_VERSION};
+use crate::frame::{FrameError, FrameKind, frame_kind};
+use crate::handshake::{
+    Handshake, KdfParams, ServerHello, Transcript, UserKey, derive_session_keys, public_key,
+};
+use crate::limits::{FRAME_MIN, HANDSHAKE_FRAME_MAX, PROTOCOL_VERSION};
 use crate::message::{ClientMessage, Login, ServerMessage};
 use crate::session::{
     AuthFailure, SessionError, decode_handshake, encode_handshake, frame_limit, open_message, seal_message,
@@ -108,6 +110,11 @@ impl ServerSession {
 
     /// Handles one received frame (header byte included, no length prefix).
     pub fn handle_frame<'f>(&mut self, frame: &'f mut [u8]) -> Result<ServerEvent<'f>, SessionError> {
+        let limit = if self.opener.is_some() { self.config.max_frame as usize } else { HANDSHAKE_FRAME_MAX };
+        if frame.len() > limit {
+            self.state = State::Closed;
+            return Err(FrameError::Oversize { len: frame.len() as u64, max: limit }.into());
+        }
         let result = match frame_kind(frame) {
             Ok(FrameKind::Handshake) => self.handle_hello(frame),
             Ok(FrameKind::Sealed) => self.handle_sealed(frame),
