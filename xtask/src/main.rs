@@ -132,10 +132,52 @@ fn test() -> Result {
         run(&cargo, ["build", "--package", "casataa-proto", "--target", target])?;
         run(&cargo, ["clippy", "--package", "casataa-proto", "--target", target, "--", "-D", "warnings"])?;
     }
-    run(&cargo, ["test", "--workspace"])?;
+    let (passed, failed) = run_tests(&cargo, &["test", "--workspace"])?;
     fuzz(TEST_FUZZ_SECS, &[])?;
     eprintln!("\nxtask: all checks passed in {} s", started.elapsed().as_secs());
+    // The closing line CI reads: every test of every crate, summed.
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
+fn run_tests(cargo: &str, args: &[&str]) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("\n$ cargo {}", args.join(" "));
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(project_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start `{cargo}`: {e}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+            println!("{line}");
+            if let Some(summary) = line.strip_prefix("test result: ") {
+                passed += count_before(summary, " passed");
+                failed += count_before(summary, " failed");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("`cargo {}`: {e}", args.join(" ")))?;
+    if status.success() {
+        Ok((passed, failed))
+    } else {
+        Err(format!("`cargo {}` failed ({status}): {failed} tests failed", args.join(" ")))
+    }
+}
+
+/// In `ok. 13 passed; 0 failed; ...`, the number before `word`.
+fn count_before(summary: &str, word: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            part.trim().rsplit_once(' ').filter(|(_, w)| format!(" {w}") == word).map(|(n, _)| n)
+        })
+        .and_then(|n| n.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn parse_fuzz_args(args: &[String]) -> Result<(u32, Vec<String>)> {
@@ -209,4 +251,17 @@ fn bench(args: &[String]) -> Result {
         cargo_args.extend(args.iter().cloned());
     }
     run(&cargo(), &cargo_args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn test_summaries_are_counted() {
+        let line = "ok. 13 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.12s";
+        assert_eq!(count_before(line, " passed"), 13);
+        assert_eq!(count_before(line, " failed"), 2);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " failed"), 1);
+    }
 }
