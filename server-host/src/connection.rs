@@ -1,0 +1,839 @@
+//! One client connection, from the first byte to the close: handshake with a deadline,
+//! login throttling, then the session loop that answers requests, pulls the user's
+//! messages from the store, relays hub events and watches for idle or stalled clients.
+//!
+//! TCP and WebSocket connections both arrive here as a [`FrameReader`] and a
+//! [`FrameWriter`]; nothing below knows which transport it is.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use casataa_proto::handshake::{Handshake, KdfParams, Refusal, UserKey, decoy_salt};
+use casataa_proto::limits::{BODY_MAX, HANDSHAKE_FRAME_MAX, LIST_PAGE_MAX, PROTOCOL_VERSION};
+use casataa_proto::message::{
+    ActivityEvent, ActivityKind, AdminRequest, AdminResult, ChatMessage, ClientMessage, CloseReason, Content,
+    ErrorCode, ErrorReport, HistoryRequest, Limits, Login, RoomInfo, SendMessage, ServerMessage, UserEntry,
+    Welcome,
+};
+use casataa_proto::session::{AuthFailure, ServerConfig, ServerEvent, SessionError, UserLookup, encode_handshake};
+use casataa_proto::types::{ClientMsgId, DeviceId, Name, Passphrase, Role, Seq, Target, truncated};
+use casataa_proto::ServerSession;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use heapless::Vec as BoundedVec;
+use tokio::sync::broadcast;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+use crate::hub::{Hub, HubEvent, Registration};
+use crate::settings::Settings;
+use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
+use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, QueueFull, run_writer};
+use crate::{generate_passphrase, unix_millis};
+
+/// Bytes of queued frames below which the session pulls more messages from the store.
+const LOW_WATER: usize = 64 * 1024;
+/// Messages read from the store per pull.
+const PULL_BATCH: usize = 128;
+/// Most messages in one history page.
+const HISTORY_MAX: u16 = 200;
+/// Activity entries an admin gets when starting to watch.
+const ACTIVITY_BACKLOG: usize = 50;
+/// Requests refused for rate before the connection is closed.
+const VIOLATIONS_MAX: u32 = 100;
+
+/// Everything a connection needs from the server.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Shared state.
+    pub hub: Arc<Hub>,
+    /// The configuration.
+    pub settings: Arc<Settings>,
+}
+
+/// Why a connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the transport failed.
+    Transport(String),
+    /// The session broke the protocol.
+    Protocol(SessionError),
+    /// The server closed it.
+    Closed(CloseReason),
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl From<QueueFull> for End {
+    fn from(_: QueueFull) -> Self {
+        Self::Closed(CloseReason::TooSlow)
+    }
+}
+
+impl From<SessionError> for End {
+    fn from(e: SessionError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Err(e) = getrandom::fill(&mut out) {
+        // Without randomness there is no safe handshake; refuse to run at all.
+        tracing::error!("random number generator failed: {e}");
+        std::process::abort();
+    }
+    out
+}
+
+/// Serves one connection until it ends.
+pub async fn serve(ctx: Context, mut reader: FrameReader, writer: FrameWriter, peer: SocketAddr) {
+    let queue = Arc::new(OutQueue::new(ctx.settings.out_queue_bytes, LOW_WATER));
+    let writer_task = tokio::spawn(run_writer(writer, Arc::clone(&queue)));
+    let addr = peer.to_string();
+    let outcome = match ctx.hub.begin_handshake(peer.ip()) {
+        Err(()) => {
+            push_refusal(&queue, Refusal::Busy);
+            None
+        }
+        Ok(_slot) => match timeout(ctx.settings.handshake_timeout, handshake(&ctx, &mut reader, &queue, peer)).await {
+            Ok(Ok(accepted)) => Some(accepted),
+            Ok(Err(HandshakeEnd::Refuse(refusal))) => {
+                push_refusal(&queue, refusal);
+                None
+            }
+            Ok(Err(HandshakeEnd::AuthFailed { user, why })) => {
+                ctx.hub
+                    .record(ActivityKind::LoginFailed, user.as_str(), &addr, format!("login failed: {why}"))
+                    .await;
+                // Every failure waits the same base delay, so the three reasons cannot
+                // be told apart by timing; repeated failures from one address wait longer.
+                let delay = ctx.hub.login_failed(peer.ip(), ctx.settings.login_failure_delay);
+                sleep(delay).await;
+                push_refusal(&queue, Refusal::AuthFailed);
+                None
+            }
+            Ok(Err(HandshakeEnd::Gone(why))) => {
+                tracing::debug!(%addr, "handshake ended: {why}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%addr, "handshake deadline passed");
+                None
+            }
+        },
+    };
+    let end = match outcome {
+        Some(accepted) => {
+            ctx.hub.login_succeeded(peer.ip());
+            run_session(&ctx, reader, Arc::clone(&queue), accepted, addr.clone()).await
+        }
+        None => End::Transport("handshake did not complete".into()),
+    };
+    queue.close();
+    let stalled = matches!(end, End::Closed(CloseReason::TooSlow));
+    if stalled {
+        writer_task.abort();
+    } else if timeout(Duration::from_secs(5), writer_task).await.is_err() {
+        tracing::debug!(%addr, "writer did not finish in time");
+    }
+}
+
+/// Answers a connection over the limit with `Refused(Busy)` and closes it.
+pub async fn refuse_busy(writer: FrameWriter) {
+    let queue = Arc::new(OutQueue::new(1024, 512));
+    push_refusal(&queue, Refusal::Busy);
+    queue.close();
+    let _ = timeout(Duration::from_secs(2), run_writer(writer, queue)).await;
+}
+
+fn push_refusal(queue: &OutQueue, refusal: Refusal) {
+    let mut buf = [0u8; 64];
+    if let Ok(n) = encode_handshake(&Handshake::Refused(refusal), &mut buf) {
+        let _ = queue.push(Lane::Control, buf.get(..n).unwrap_or_default().to_vec());
+    }
+}
+
+enum HandshakeEnd {
+    Refuse(Refusal),
+    AuthFailed { user: Name, why: AuthFailure },
+    Gone(String),
+}
+
+struct Accepted {
+    session: ServerSession,
+    user: Name,
+    role: Role,
+    login: Login,
+}
+
+async fn handshake(
+    ctx: &Context,
+    reader: &mut FrameReader,
+    queue: &OutQueue,
+    peer: SocketAddr,
+) -> Result<Accepted, HandshakeEnd> {
+    let hold = ctx.hub.hello_delay(peer.ip(), ctx.settings.login_failure_delay);
+    if !hold.is_zero() {
+        sleep(hold).await;
+    }
+    let config = ServerConfig { max_frame: ctx.settings.max_frame };
+    let mut session = ServerSession::new(config, random_bytes());
+    let mut frame = match reader.next_frame(HANDSHAKE_FRAME_MAX).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(HandshakeEnd::Gone("closed before hello".into())),
+        Err(e) => return Err(HandshakeEnd::Gone(e.to_string())),
+    };
+    let user = match session.handle_frame(&mut frame) {
+        Ok(ServerEvent::LookupUser(user)) => user,
+        Err(SessionError::VersionUnsupported) => {
+            return Err(HandshakeEnd::Refuse(Refusal::VersionUnsupported { supported: PROTOCOL_VERSION }));
+        }
+        _ => return Err(HandshakeEnd::Refuse(Refusal::BadHello)),
+    };
+    let name = user.to_string();
+    let record = ctx.hub.store().read(move |conn| store::user(conn, &name)).await;
+    let (lookup, role) = match record {
+        Ok(Some(record)) => {
+            (UserLookup::Known { key: record.key, kdf: record.kdf, disabled: record.disabled }, record.role)
+        }
+        Ok(None) => {
+            let kdf = KdfParams::new(decoy_salt(ctx.hub.store().server_secret(), &user));
+            (UserLookup::Unknown { kdf, decoy_key: UserKey(random_bytes()) }, Role::User)
+        }
+        Err(e) => return Err(HandshakeEnd::Gone(format!("store: {e}"))),
+    };
+    let mut buf = [0u8; HANDSHAKE_FRAME_MAX];
+    let n = session.accept_user(lookup, &mut buf).map_err(|e| HandshakeEnd::Gone(e.to_string()))?;
+    queue
+        .push(Lane::Control, buf.get(..n).unwrap_or_default().to_vec())
+        .map_err(|_| HandshakeEnd::Gone("queue full".into()))?;
+    let mut frame = match reader.next_frame(ctx.settings.max_frame as usize).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(HandshakeEnd::Gone("closed before login".into())),
+        Err(e) => return Err(HandshakeEnd::Gone(e.to_string())),
+    };
+    match session.handle_frame(&mut frame) {
+        Ok(ServerEvent::Authenticated(login)) => Ok(Accepted { session, user, role, login }),
+        Err(SessionError::Auth(why)) => Err(HandshakeEnd::AuthFailed { user, why }),
+        Err(e) => Err(HandshakeEnd::Gone(e.to_string())),
+        Ok(_) => Err(HandshakeEnd::Gone("unexpected event".into())),
+    }
+}
+
+/// A token bucket: `rate` per second, up to `burst`.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u16, burst: u16) -> Self {
+        Self { tokens: f64::from(burst), rate: f64::from(rate), burst: f64::from(burst), last: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+type Pending = Pin<Box<dyn Future<Output = (ClientMsgId, Result<(Appended, Option<ActivityEvent>), StoreError>)> + Send>>;
+
+/// The state of an established session.
+struct Live<'c> {
+    ctx: &'c Context,
+    session: ServerSession,
+    queue: Arc<OutQueue>,
+    registration: Registration,
+    user: Name,
+    role: Role,
+    device: DeviceId,
+    addr: String,
+    buf: Vec<u8>,
+    sent_up_to: Seq,
+    acked: Seq,
+    messages: Bucket,
+    violations: u32,
+    activity: Option<broadcast::Receiver<ActivityEvent>>,
+    backlog: bool,
+}
+
+async fn run_session(
+    ctx: &Context,
+    mut reader: FrameReader,
+    queue: Arc<OutQueue>,
+    accepted: Accepted,
+    addr: String,
+) -> End {
+    let Accepted { session, user, role, login } = accepted;
+    let registration = ctx.hub.register(&user, login.kind, addr.clone());
+    let kind = login.kind;
+    ctx.hub.record(ActivityKind::Connect, user.as_str(), &addr, format!("{} connected ({kind:?})", user)).await;
+    let name = user.to_string();
+    let device = login.device;
+    let cursor = match ctx.hub.store().read(move |conn| store::cursor(conn, &name, &device)).await {
+        Ok(cursor) => cursor,
+        Err(e) => return End::Store(e),
+    };
+    let mut live = Live {
+        ctx,
+        session,
+        queue,
+        registration,
+        user: user.clone(),
+        role,
+        device: login.device,
+        addr: addr.clone(),
+        buf: vec![0u8; casataa_proto::limits::FRAME_MAX],
+        sent_up_to: cursor,
+        acked: cursor,
+        messages: Bucket::new(ctx.settings.messages_per_sec, ctx.settings.message_burst),
+        violations: 0,
+        activity: None,
+        backlog: true,
+    };
+    let end = live.run(&mut reader, cursor).await;
+    let detail = match &end {
+        End::Transport(why) => format!("{user} disconnected: {why}"),
+        End::Protocol(e) => format!("{user} disconnected: protocol error: {e}"),
+        End::Closed(reason) => format!("{user} disconnected: {reason:?}"),
+        End::Store(e) => format!("{user} disconnected: store error: {e}"),
+    };
+    let kind = if matches!(end, End::Protocol(_) | End::Closed(CloseReason::Violation)) {
+        ActivityKind::Violation
+    } else {
+        ActivityKind::Disconnect
+    };
+    ctx.hub.record(kind, user.as_str(), &addr, detail).await;
+    end
+}
+
+impl Live<'_> {
+    fn limits(&self) -> Limits {
+        let s = &self.ctx.settings;
+        Limits {
+            max_frame: s.max_frame,
+            max_body: BODY_MAX as u16,
+            max_file_size: s.max_file_size,
+            user_quota: s.user_quota,
+            messages_per_sec: s.messages_per_sec,
+            message_burst: s.message_burst,
+            idle_secs: s.idle.as_secs().min(u64::from(u16::MAX)) as u16,
+        }
+    }
+
+    /// Seals `message` and queues it.
+    fn send(&mut self, message: &ServerMessage<'_>, lane: Lane) -> Result<(), End> {
+        let n = self.session.seal(message, &mut self.buf)?;
+        let frame = self.buf.get(..n).unwrap_or_default().to_vec();
+        self.registration.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.registration.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.queue.push(lane, frame)?;
+        Ok(())
+    }
+
+    fn error(&mut self, code: ErrorCode, about: u64, detail: &str) -> Result<(), End> {
+        self.send(&ServerMessage::Error(ErrorReport { code, about, detail: truncated(detail) }), Lane::Control)
+    }
+
+    async fn run(&mut self, reader: &mut FrameReader, cursor: Seq) -> End {
+        let welcome = ServerMessage::Welcome(Welcome {
+            server_id: self.ctx.hub.store().server_id(),
+            server_name: truncated(&self.ctx.settings.server_name),
+            user: self.user.clone(),
+            role: self.role,
+            now: unix_millis(),
+            cursor,
+            limits: self.limits(),
+        });
+        if let Err(end) = self.send(&welcome, Lane::Control) {
+            return end;
+        }
+        let mut latest = self.ctx.hub.store().latest_seq();
+        let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let idle = self.ctx.settings.idle;
+        let stall = self.ctx.settings.write_stall;
+        let mut last_heard = Instant::now();
+        let mut ping_sent = false;
+        let closer = Arc::clone(&self.registration.closer);
+        loop {
+            if self.backlog && self.queue.has_room() {
+                if let Err(end) = self.deliver_more().await {
+                    return end;
+                }
+            }
+            let idle_check = if ping_sent { last_heard + idle } else { last_heard + idle / 2 };
+            let check_at = idle_check.min(Instant::now() + stall.min(Duration::from_secs(5)));
+            let max_frame = self.ctx.settings.max_frame as usize;
+            let step = tokio::select! {
+                biased;
+                reason = closer.closed() => {
+                    let _ = self.send(&ServerMessage::Closing { reason }, Lane::Control);
+                    return End::Closed(reason);
+                }
+                frame = reader.next_frame(max_frame) => match frame {
+                    Ok(Some(mut frame)) => {
+                        last_heard = Instant::now();
+                        ping_sent = false;
+                        self.registration.stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                        self.on_frame(&mut frame, &mut pending).await
+                    }
+                    Ok(None) => Err(End::Transport("closed by the client".into())),
+                    Err(e) => Err(End::Transport(e.to_string())),
+                },
+                Some((client_id, result)) = pending.next(), if !pending.is_empty() => {
+                    self.on_stored(client_id, result)
+                }
+                Some(event) = self.registration.events.recv() => self.on_hub_event(event),
+                event = recv_activity(&mut self.activity), if self.activity.is_some() => {
+                    match event {
+                        Some(event) => self.send(&ServerMessage::Activity(event), Lane::Control),
+                        None => Ok(()),
+                    }
+                }
+                changed = latest.changed(), if !self.backlog => {
+                    if changed.is_err() {
+                        return End::Transport("store closed".into());
+                    }
+                    self.backlog = true;
+                    Ok(())
+                }
+                () = self.queue.wait_for_room(), if self.backlog && !self.queue.has_room() => Ok(()),
+                () = sleep_until(check_at) => {
+                    let now = Instant::now();
+                    if self.queue.bytes() > 0 && self.queue.stalled_for() > stall {
+                        Err(End::Closed(CloseReason::TooSlow))
+                    } else if now >= last_heard + idle {
+                        let _ = self.send(&ServerMessage::Closing { reason: CloseReason::Idle }, Lane::Control);
+                        Err(End::Closed(CloseReason::Idle))
+                    } else if !ping_sent && now >= last_heard + idle / 2 {
+                        ping_sent = true;
+                        self.send(&ServerMessage::Ping { nonce: unix_millis() }, Lane::Control)
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(end) = step {
+                if let End::Closed(reason) = &end
+                    && *reason != CloseReason::TooSlow
+                {
+                    let _ = self.send(&ServerMessage::Closing { reason: *reason }, Lane::Control);
+                }
+                return end;
+            }
+        }
+    }
+
+    /// Sends the user's next stored messages while the queue has room.
+    async fn deliver_more(&mut self) -> Result<(), End> {
+        while self.queue.has_room() {
+            let batch =
+                self.ctx.hub.store().messages_for(self.user.to_string(), self.sent_up_to, PULL_BATCH).await?;
+            let Some(last) = batch.last().map(|m| m.seq) else {
+                self.backlog = false;
+                return Ok(());
+            };
+            for message in batch {
+                self.send(&ServerMessage::Deliver(message), Lane::Control)?;
+            }
+            self.sent_up_to = last;
+        }
+        self.backlog = true;
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, frame: &mut [u8], pending: &mut FuturesOrdered<Pending>) -> Result<(), End> {
+        let message = match self.session.handle_frame(frame)? {
+            ServerEvent::Message(message) => message,
+            _ => return Err(End::Protocol(SessionError::Unexpected)),
+        };
+        self.registration.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        match message {
+            ClientMessage::Send(send) => self.on_send(send, pending).await,
+            ClientMessage::Ack { up_to } => {
+                let up_to = up_to.min(self.sent_up_to);
+                if up_to > self.acked {
+                    self.acked = up_to;
+                    let (user, device) = (self.user.to_string(), self.device);
+                    self.ctx
+                        .hub
+                        .store()
+                        .write_detached(move |conn| store::advance_cursor(conn, &user, &device, up_to))
+                        .await?;
+                }
+                Ok(())
+            }
+            ClientMessage::History(request) => self.on_history(request).await,
+            ClientMessage::JoinRoom { room } => self.on_join(room).await,
+            ClientMessage::LeaveRoom { room } => self.on_leave(room).await,
+            ClientMessage::CreateRoom { room } => self.on_create(room).await,
+            ClientMessage::ListRooms => {
+                let mut rooms = self.ctx.hub.rooms_for(&self.user);
+                rooms.sort_by(|a, b| a.0.cmp(&b.0));
+                let infos: Vec<RoomInfo> =
+                    rooms.into_iter().map(|(name, members, joined)| RoomInfo { name, members, joined }).collect();
+                self.send_pages(infos, |rooms, last| ServerMessage::RoomList { rooms, last })
+            }
+            ClientMessage::ListOnline => {
+                let users = self.ctx.hub.online();
+                self.send_pages(users, |users, last| ServerMessage::Online { users, last })
+            }
+            ClientMessage::Typing { to } => {
+                if self.may_see(&to).await? {
+                    self.ctx.hub.typing(self.registration.id, &self.user, &to);
+                }
+                Ok(())
+            }
+            ClientMessage::FileOffer(offer) => {
+                self.error(ErrorCode::BadRequest, u64::from(offer.transfer), "this server does not take files yet")
+            }
+            ClientMessage::FileChunk(chunk) => {
+                self.error(ErrorCode::NoSuchFile, chunk.file, "this server does not take files yet")
+            }
+            ClientMessage::FileDownload { file, .. }
+            | ClientMessage::FileProgress { file, .. }
+            | ClientMessage::FileCancel { file } => self.error(ErrorCode::NoSuchFile, file, "no such file"),
+            ClientMessage::Admin { req, request } => self.on_admin(req, request).await,
+            ClientMessage::Ping { nonce } => self.send(&ServerMessage::Pong { nonce }, Lane::Control),
+            ClientMessage::Pong { .. } => Ok(()),
+            ClientMessage::Login(_) => Err(End::Protocol(SessionError::Unexpected)),
+        }
+    }
+
+    fn send_pages<T: Clone>(
+        &mut self,
+        items: Vec<T>,
+        page: impl Fn(BoundedVec<T, LIST_PAGE_MAX>, bool) -> ServerMessage<'static>,
+    ) -> Result<(), End> {
+        let chunks: Vec<&[T]> = if items.is_empty() { vec![&[]] } else { items.chunks(LIST_PAGE_MAX).collect() };
+        let count = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut bounded = BoundedVec::new();
+            for item in chunk {
+                let _ = bounded.push(item.clone());
+            }
+            self.send(&page(bounded, i + 1 == count), Lane::Control)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this user may post to / read `target`.
+    async fn may_see(&self, target: &Target) -> Result<bool, End> {
+        Ok(match target {
+            Target::Room(room) => self.ctx.hub.is_member(room, &self.user),
+            Target::User(peer) => {
+                let name = peer.to_string();
+                self.ctx.hub.store().read(move |conn| store::user(conn, &name)).await?.is_some()
+            }
+        })
+    }
+
+    async fn on_send(&mut self, send: SendMessage, pending: &mut FuturesOrdered<Pending>) -> Result<(), End> {
+        let SendMessage { client_id, to, body } = send;
+        if !self.messages.take() {
+            self.violations += 1;
+            if self.violations > VIOLATIONS_MAX {
+                return Err(End::Closed(CloseReason::Violation));
+            }
+            return self.error(ErrorCode::RateLimited, client_id, "too many messages; slow down");
+        }
+        if body.trim().is_empty() {
+            return self.error(ErrorCode::BadRequest, client_id, "empty message");
+        }
+        if !self.may_see(&to).await? {
+            let (code, detail) = match &to {
+                Target::Room(room) if !self.ctx.hub.room_exists(room) => (ErrorCode::NoSuchRoom, "no such room"),
+                Target::Room(_) => (ErrorCode::Forbidden, "join the room first"),
+                Target::User(_) => (ErrorCode::NoSuchUser, "no such user"),
+            };
+            return self.error(code, client_id, detail);
+        }
+        let message = NewMessage { sender: self.user.clone(), client_id, to, content: Content::Text(body), at: unix_millis() };
+        let store = self.ctx.hub.store().clone();
+        let addr = self.addr.clone();
+        pending.push_back(Box::pin(async move {
+            let result = store
+                .write(move |conn| {
+                    let appended = store::append(conn, &message)?;
+                    if appended.duplicate {
+                        return Ok((appended, None));
+                    }
+                    let length = match &message.content {
+                        Content::Text(body) => body.len(),
+                        Content::File(file) => file.name.len(),
+                    };
+                    let activity = NewActivity {
+                        at: appended.at,
+                        kind: ActivityKind::Message,
+                        user: message.sender.to_string(),
+                        addr,
+                        detail: format!("{} → {} ({length} bytes, seq {})", message.sender, message.to, appended.seq),
+                    };
+                    let event = store::record_activity(conn, &activity)?;
+                    Ok((appended, Some(event)))
+                })
+                .await;
+            (client_id, result)
+        }));
+        Ok(())
+    }
+
+    fn on_stored(
+        &mut self,
+        client_id: ClientMsgId,
+        result: Result<(Appended, Option<ActivityEvent>), StoreError>,
+    ) -> Result<(), End> {
+        match result {
+            Ok((appended, event)) => {
+                if let Some(event) = event {
+                    self.ctx.hub.publish(event);
+                }
+                self.send(&ServerMessage::Stored { client_id, seq: appended.seq, at: appended.at }, Lane::Control)
+            }
+            Err(e) => {
+                tracing::error!("cannot store a message: {e}");
+                self.error(ErrorCode::Internal, client_id, "the server could not store the message")
+            }
+        }
+    }
+
+    async fn on_history(&mut self, request: HistoryRequest) -> Result<(), End> {
+        let HistoryRequest { target, before, limit } = request;
+        if !self.may_see(&target).await? {
+            return self.error(ErrorCode::Forbidden, 0, "not a member of that conversation");
+        }
+        let user = self.user.to_string();
+        let limit = usize::from(limit.clamp(1, HISTORY_MAX));
+        let query_target = target.clone();
+        let (page, more): (Vec<ChatMessage>, bool) = self
+            .ctx
+            .hub
+            .store()
+            .read(move |conn| store::history(conn, &user, &query_target, before, limit))
+            .await?;
+        for message in page {
+            self.send(&ServerMessage::HistoryItem(message), Lane::Control)?;
+        }
+        self.send(&ServerMessage::HistoryEnd { target, more }, Lane::Control)
+    }
+
+    async fn on_join(&mut self, room: Name) -> Result<(), End> {
+        if !self.ctx.hub.room_exists(&room) {
+            return self.error(ErrorCode::NoSuchRoom, 0, "no such room");
+        }
+        let (r, u) = (room.clone(), self.user.clone());
+        match self.ctx.hub.store().write(move |conn| store::join(conn, &r, &u)).await {
+            Ok(()) => {
+                self.ctx.hub.set_member(&room, &self.user, true);
+                self.backlog = true;
+                self.send(&ServerMessage::RoomJoined { room }, Lane::Control)
+            }
+            Err(StoreError::NoSuchRoom) => self.error(ErrorCode::NoSuchRoom, 0, "no such room"),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn on_leave(&mut self, room: Name) -> Result<(), End> {
+        if room.as_str() == GENERAL {
+            return self.error(ErrorCode::BadRequest, 0, "everyone stays in #general");
+        }
+        let (r, u) = (room.clone(), self.user.clone());
+        self.ctx.hub.store().write(move |conn| store::leave(conn, &r, &u)).await?;
+        self.ctx.hub.set_member(&room, &self.user, false);
+        self.send(&ServerMessage::RoomLeft { room }, Lane::Control)
+    }
+
+    async fn on_create(&mut self, room: Name) -> Result<(), End> {
+        let (r, u) = (room.clone(), self.user.clone());
+        let now = unix_millis();
+        let created = self
+            .ctx
+            .hub
+            .store()
+            .write(move |conn| {
+                store::create_room(conn, &r, &u, now)?;
+                store::join(conn, &r, &u)
+            })
+            .await;
+        match created {
+            Ok(()) => {
+                self.ctx.hub.set_member(&room, &self.user, true);
+                self.ctx
+                    .hub
+                    .record(ActivityKind::RoomCreated, self.user.as_str(), &self.addr, format!("{} created #{room}", self.user))
+                    .await;
+                self.send(&ServerMessage::RoomJoined { room }, Lane::Control)
+            }
+            Err(StoreError::AlreadyExists) => self.error(ErrorCode::AlreadyExists, 0, "that room exists; join it"),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn on_hub_event(&mut self, event: HubEvent) -> Result<(), End> {
+        match event {
+            HubEvent::Presence(presence) => self.send(&ServerMessage::Presence(presence), Lane::Control),
+            HubEvent::Typing { from, to } => self.send(&ServerMessage::Typing { from, to }, Lane::Control),
+            HubEvent::SessionsChanged => {
+                let sessions = self.ctx.hub.sessions();
+                self.send_pages(sessions, |sessions, last| ServerMessage::Sessions { sessions, last })
+            }
+        }
+    }
+
+    async fn on_admin(&mut self, req: u32, request: AdminRequest) -> Result<(), End> {
+        // The role is read again from the store: a demoted admin loses access at once.
+        let role = self.ctx.hub.role_of(&self.user).await;
+        if role != Some(Role::Admin) {
+            self.ctx
+                .hub
+                .record(
+                    ActivityKind::Violation,
+                    self.user.as_str(),
+                    &self.addr,
+                    format!("{} (not an admin) sent an admin request", self.user),
+                )
+                .await;
+            let result = AdminResult::Failed(ErrorCode::Forbidden);
+            return self.send(&ServerMessage::AdminResult { req, result }, Lane::Control);
+        }
+        let result = match request {
+            AdminRequest::Watch { sessions, activity } => {
+                self.ctx.hub.watch_sessions(self.registration.id, sessions);
+                if sessions {
+                    let snapshot = self.ctx.hub.sessions();
+                    self.send_pages(snapshot, |sessions, last| ServerMessage::Sessions { sessions, last })?;
+                }
+                if activity {
+                    let receiver = self.ctx.hub.subscribe_activity();
+                    let backlog =
+                        self.ctx.hub.store().read(|conn| store::recent_activity(conn, ACTIVITY_BACKLOG)).await?;
+                    for event in backlog {
+                        self.send(&ServerMessage::Activity(event), Lane::Control)?;
+                    }
+                    self.activity = Some(receiver);
+                } else {
+                    self.activity = None;
+                }
+                AdminResult::Done
+            }
+            AdminRequest::Kick { user } => {
+                if self.ctx.hub.role_of(&user).await.is_none() {
+                    AdminResult::Failed(ErrorCode::NoSuchUser)
+                } else {
+                    let closed = self.ctx.hub.close_user(&user, CloseReason::Kicked);
+                    let detail = format!("{} kicked {user} ({closed} sessions)", self.user);
+                    self.ctx.hub.record(ActivityKind::Kick, user.as_str(), &self.addr, detail).await;
+                    AdminResult::Done
+                }
+            }
+            AdminRequest::SetDisabled { user, disabled } => {
+                let name = user.to_string();
+                match self.ctx.hub.store().write(move |conn| store::set_disabled(conn, &name, disabled)).await {
+                    Ok(()) => {
+                        let kind = if disabled {
+                            self.ctx.hub.close_user(&user, CloseReason::Disabled);
+                            ActivityKind::UserDisabled
+                        } else {
+                            ActivityKind::UserEnabled
+                        };
+                        let verb = if disabled { "disabled" } else { "enabled" };
+                        let detail = format!("{} {verb} {user}", self.user);
+                        self.ctx.hub.record(kind, user.as_str(), &self.addr, detail).await;
+                        AdminResult::Done
+                    }
+                    Err(StoreError::NoSuchUser) => AdminResult::Failed(ErrorCode::NoSuchUser),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            AdminRequest::CreateUser { user, role, passphrase } => {
+                self.create_user(user, role, passphrase).await?
+            }
+            AdminRequest::ListUsers { after } => {
+                let users = self.ctx.hub.store().read(|conn| store::users(conn)).await?;
+                let mut entries = Vec::new();
+                for (name, role, disabled) in users {
+                    if after.as_ref().is_some_and(|after| &name <= after) {
+                        continue;
+                    }
+                    if entries.len() == LIST_PAGE_MAX {
+                        break;
+                    }
+                    let online = self.ctx.hub.is_online(&name);
+                    entries.push(UserEntry { user: name, role, disabled, online, storage_used: 0 });
+                }
+                let last = entries.len() < LIST_PAGE_MAX;
+                let mut page = BoundedVec::new();
+                for entry in entries {
+                    let _ = page.push(entry);
+                }
+                AdminResult::Users { users: page, last }
+            }
+            AdminRequest::ListFiles { .. } => AdminResult::Files { files: BoundedVec::new(), last: true },
+        };
+        self.send(&ServerMessage::AdminResult { req, result }, Lane::Control)
+    }
+
+    async fn create_user(&mut self, user: Name, role: Role, passphrase: Option<Passphrase>) -> Result<AdminResult, End> {
+        let generated = passphrase.is_none();
+        let passphrase = passphrase.map_or_else(generate_passphrase, |p| p.to_string());
+        let iterations = self.ctx.settings.kdf_iterations;
+        let secret = passphrase.clone();
+        let credentials = tokio::task::spawn_blocking(move || store::new_credentials(&secret, iterations))
+            .await
+            .map_err(|_| End::Transport("key derivation task failed".into()))??;
+        let name = user.clone();
+        let now = unix_millis();
+        let added = self
+            .ctx
+            .hub
+            .store()
+            .write(move |conn| store::add_user(conn, &name, role, &credentials.0, &credentials.1, now))
+            .await;
+        match added {
+            Ok(()) => {
+                if let Ok(general) = Name::new(GENERAL) {
+                    self.ctx.hub.set_member(&general, &user, true);
+                }
+                let detail = format!("{} created {user} ({role:?})", self.user);
+                self.ctx.hub.record(ActivityKind::UserCreated, user.as_str(), &self.addr, detail).await;
+                let shown = if generated { Some(truncated(&passphrase)) } else { None };
+                Ok(AdminResult::UserCreated { user, passphrase: shown })
+            }
+            Err(StoreError::AlreadyExists) => Ok(AdminResult::Failed(ErrorCode::AlreadyExists)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+async fn recv_activity(receiver: &mut Option<broadcast::Receiver<ActivityEvent>>) -> Option<ActivityEvent> {
+    let receiver = receiver.as_mut()?;
+    loop {
+        match receiver.recv().await {
+            Ok(event) => return Some(event),
+            // A watcher that lags skips entries rather than holding the feed back.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The hub: who is online, on which sessions, in which rooms; presence, typing, kicks,
+//! the admin feeds and the activity log.
+//!
+//! The hub routes what is *not* stored. Chat messages take another path: they are
+//! committed to the store, and each session pulls what is addressed to its user from
+//! there (see `connection.rs`), so a session that falls behind reads from the store
+//! instead of growing a queue, and offline catch-up and live delivery are one code path.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use casataa_proto::message::{ActivityEvent, ActivityKind, CloseReason, Presence, SessionInfo};
+use casataa_proto::types::{ClientKind, Name, Role, Target, truncated};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::store::{NewActivity, Store, StoreError};
+use crate::unix_millis;
+
+/// Events the hub pushes to a session.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// Someone's presence changed.
+    Presence(Presence),
+    /// Someone types in a conversation this user sees.
+    Typing {
+        /// Who.
+        from: Name,
+        /// Where.
+        to: Target,
+    },
+    /// The online sessions changed (admins watching sessions).
+    SessionsChanged,
+}
+
+/// Traffic counters of one session, shared with the admin view.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Messages received from the client.
+    pub messages_in: AtomicU64,
+    /// Messages sent to the client.
+    pub messages_out: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+}
+
+/// Tells a session to close, out of band of its (possibly full) event queue.
+#[derive(Debug, Default)]
+pub struct Closer {
+    reason: Mutex<Option<CloseReason>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Closer {
+    /// Asks the session to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut current = self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.is_none() {
+            *current = Some(reason);
+        }
+        drop(current);
+        self.notify.notify_one();
+    }
+
+    /// Waits until the session is asked to close, and says why.
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            let reason = *self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(reason) = reason {
+                return reason;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+struct SessionEntry {
+    user: Name,
+    kind: ClientKind,
+    addr: String,
+    since: u64,
+    events: mpsc::Sender<HubEvent>,
+    closer: Arc<Closer>,
+    stats: Arc<SessionStats>,
+    watches_sessions: bool,
+}
+
+impl SessionEntry {
+    /// Queues an event; a session whose queue is full is not reading: close it (its
+    /// chat messages wait in the store).
+    fn deliver(&self, event: HubEvent) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
+            self.closer.close(CloseReason::TooSlow);
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<u64, SessionEntry>,
+    /// room → members
+    rooms: HashMap<Name, BTreeSet<Name>>,
+}
+
+/// Failed logins per address, for growing delays.
+#[derive(Default)]
+struct Throttle {
+    failures: HashMap<IpAddr, (u32, Instant)>,
+    in_flight: HashMap<IpAddr, u32>,
+}
+
+/// Capacity of a session's event channel; a session that lets it fill is too slow.
+const EVENT_QUEUE: usize = 1024;
+/// Failures are forgotten after this long without another.
+const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// Handshakes in progress from one address at once.
+const HANDSHAKES_PER_ADDRESS: u32 = 16;
+
+/// The shared state of a running server.
+pub struct Hub {
+    store: Store,
+    state: Mutex<State>,
+    throttle: Mutex<Throttle>,
+    activity: broadcast::Sender<ActivityEvent>,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// A session's registration; unregisters when dropped.
+#[derive(Debug)]
+pub struct Registration {
+    hub: Arc<Hub>,
+    /// The session's id.
+    pub id: u64,
+    /// Events for the session.
+    pub events: mpsc::Receiver<HubEvent>,
+    /// The session's counters.
+    pub stats: Arc<SessionStats>,
+    /// Fires when the session must close.
+    pub closer: Arc<Closer>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(self.id);
+    }
+}
+
+impl Hub {
+    /// A hub over `store`, with room memberships loaded from it.
+    pub async fn new(store: Store) -> Result<Arc<Self>, StoreError> {
+        let memberships = store.read(|conn| crate::store::memberships(conn)).await?;
+        let rooms = store.read(|conn| crate::store::rooms(conn)).await?;
+        let mut state = State::default();
+        for (room, _) in rooms {
+            state.rooms.entry(room).or_default();
+        }
+        for (user, room) in memberships {
+            state.rooms.entry(room).or_default().insert(user);
+        }
+        let (activity, _) = broadcast::channel(1024);
+        Ok(Arc::new(Self {
+            store,
+            state: Mutex::new(state),
+            throttle: Mutex::new(Throttle::default()),
+            activity,
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way
+        // that matters more than losing the whole server; keep serving.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn throttle(&self) -> MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers an authenticated session.
+    pub fn register(self: &Arc<Self>, user: &Name, kind: ClientKind, addr: String) -> Registration {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let stats = Arc::new(SessionStats::default());
+        let closer = Arc::new(Closer::default());
+        {
+            let mut state = self.state();
+            state.sessions.insert(
+                id,
+                SessionEntry {
+                    user: user.clone(),
+                    kind,
+                    addr,
+                    since: unix_millis(),
+                    events: events_tx,
+                    closer: Arc::clone(&closer),
+                    stats: Arc::clone(&stats),
+                    watches_sessions: false,
+                },
+            );
+        }
+        self.broadcast(&HubEvent::Presence(Presence { user: user.clone(), online: true, kind }), None);
+        self.notify_session_watchers();
+        Registration { hub: Arc::clone(self), id, events, stats, closer }
+    }
+
+    fn unregister(&self, id: u64) {
+        let removed = self.state().sessions.remove(&id);
+        if let Some(entry) = removed {
+            let still_online = self.state().sessions.values().any(|s| s.user == entry.user);
+            if !still_online {
+                let presence = Presence { user: entry.user.clone(), online: false, kind: entry.kind };
+                self.broadcast(&HubEvent::Presence(presence), None);
+            }
+            self.notify_session_watchers();
+        }
+    }
+
+    /// Sends `event` to every session (but `except`). A session whose queue is full is
+    /// told to close: it is not reading.
+    fn broadcast(&self, event: &HubEvent, except: Option<u64>) {
+        let state = self.state();
+        for (id, session) in &state.sessions {
+            if Some(*id) != except {
+                session.deliver(event.clone());
+            }
+        }
+    }
+
+    fn send_to_user(&self, user: &Name, event: &HubEvent, except: Option<u64>) {
+        let state = self.state();
+        for (id, session) in &state.sessions {
+            if &session.user == user && Some(*id) != except {
+                session.deliver(event.clone());
+            }
+        }
+    }
+
+    /// Tells the other sessions that see `to` that `from` is typing there.
+    pub fn typing(&self, session: u64, from: &Name, to: &Target) {
+        let event = HubEvent::Typing { from: from.clone(), to: to.clone() };
+        match to {
+            Target::User(peer) => {
+                self.send_to_user(peer, &event, Some(session));
+            }
+            Target::Room(room) => {
+                let members = self.state().rooms.get(room).cloned().unwrap_or_default();
+                for member in &members {
+                    self.send_to_user(member, &event, Some(session));
+                }
+            }
+        }
+    }
+
+    /// Whether `user` is in `room`.
+    pub fn is_member(&self, room: &Name, user: &Name) -> bool {
+        self.state().rooms.get(room).is_some_and(|members| members.contains(user))
+    }
+
+    /// Whether `room` exists.
+    pub fn room_exists(&self, room: &Name) -> bool {
+        self.state().rooms.contains_key(room)
+    }
+
+    /// Records a membership change made in the store.
+    pub fn set_member(&self, room: &Name, user: &Name, member: bool) {
+        let mut state = self.state();
+        let members = state.rooms.entry(room.clone()).or_default();
+        if member {
+            members.insert(user.clone());
+        } else {
+            members.remove(user);
+        }
+    }
+
+    /// Every room with its member count, and whether `user` is in it.
+    pub fn rooms_for(&self, user: &Name) -> Vec<(Name, u32, bool)> {
+        self.state()
+            .rooms
+            .iter()
+            .map(|(room, members)| (room.clone(), members.len() as u32, members.contains(user)))
+            .collect()
+    }
+
+    /// Who is online: one entry per user, with the kind of their newest session.
+    pub fn online(&self) -> Vec<Presence> {
+        let state = self.state();
+        let mut newest: HashMap<&Name, (u64, ClientKind)> = HashMap::new();
+        for (id, session) in &state.sessions {
+            let entry = newest.entry(&session.user).or_insert((*id, session.kind));
+            if *id > entry.0 {
+                *entry = (*id, session.kind);
+            }
+        }
+        let mut out: Vec<Presence> = newest
+            .into_iter()
+            .map(|(user, (_, kind))| Presence { user: user.clone(), online: true, kind })
+            .collect();
+        out.sort_by(|a, b| a.user.cmp(&b.user));
+        out
+    }
+
+    /// Whether `user` has a session.
+    pub fn is_online(&self, user: &Name) -> bool {
+        self.state().sessions.values().any(|s| &s.user == user)
+    }
+
+    /// The online sessions, for admins.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let state = self.state();
+        let mut out: Vec<SessionInfo> = state
+            .sessions
+            .iter()
+            .map(|(id, s)| SessionInfo {
+                session: *id,
+                user: s.user.clone(),
+                kind: s.kind,
+                addr: truncated(&s.addr),
+                since: s.since,
+                messages_in: s.stats.messages_in.load(Ordering::Relaxed),
+                messages_out: s.stats.messages_out.load(Ordering::Relaxed),
+                bytes_in: s.stats.bytes_in.load(Ordering::Relaxed),
+                bytes_out: s.stats.bytes_out.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by_key(|s| s.session);
+        out
+    }
+
+    /// Starts or stops sending session snapshots to an admin's session.
+    pub fn watch_sessions(&self, session: u64, on: bool) {
+        if let Some(entry) = self.state().sessions.get_mut(&session) {
+            entry.watches_sessions = on;
+        }
+    }
+
+    fn notify_session_watchers(&self) {
+        let state = self.state();
+        for session in state.sessions.values().filter(|s| s.watches_sessions) {
+            // A snapshot is coming anyway if the queue already holds one.
+            let _ = session.events.try_send(HubEvent::SessionsChanged);
+        }
+    }
+
+    /// Closes every session of `user` with `reason`; returns how many.
+    pub fn close_user(&self, user: &Name, reason: CloseReason) -> usize {
+        let state = self.state();
+        let mut closed = 0;
+        for session in state.sessions.values().filter(|s| &s.user == user) {
+            session.closer.close(reason);
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for session in self.state().sessions.values() {
+            session.closer.close(reason);
+        }
+    }
+
+    /// How many sessions are registered.
+    pub fn session_count(&self) -> usize {
+        self.state().sessions.len()
+    }
+
+    /// The live activity feed.
+    pub fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {
+        self.activity.subscribe()
+    }
+
+    /// Records an activity: console, store, live feed.
+    pub async fn record(&self, kind: ActivityKind, user: &str, addr: &str, detail: String) {
+        tracing::info!(target: "casataa::activity", kind = ?kind, user, addr, "{detail}");
+        let activity = NewActivity { at: unix_millis(), kind, user: user.to_owned(), addr: addr.to_owned(), detail };
+        match self.store.record_activity(activity).await {
+            Ok(event) => {
+                let _ = self.activity.send(event);
+            }
+            Err(e) => tracing::warn!("cannot record activity: {e}"),
+        }
+    }
+
+    /// Publishes an activity entry already stored (in the same commit as its message).
+    pub fn publish(&self, event: ActivityEvent) {
+        tracing::info!(target: "casataa::activity", kind = ?event.kind, user = %event.user, addr = %event.addr, "{}", event.detail);
+        let _ = self.activity.send(event);
+    }
+
+    /// Starts a handshake from `ip`: `Err` if too many are in progress from there.
+    pub fn begin_handshake(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakeGuard, ()> {
+        let mut throttle = self.throttle();
+        let count = throttle.in_flight.entry(ip).or_insert(0);
+        if *count >= HANDSHAKES_PER_ADDRESS {
+            return Err(());
+        }
+        *count += 1;
+        Ok(HandshakeGuard { hub: Arc::clone(self), ip })
+    }
+
+    /// How long to wait before answering a failed login from `ip` (and records the
+    /// failure). Every failure waits at least `base`, so wrong passphrase, unknown user
+    /// and disabled user take the same time; repeated failures double it.
+    pub fn login_failed(&self, ip: IpAddr, base: Duration) -> Duration {
+        let mut throttle = self.throttle();
+        let now = Instant::now();
+        throttle.failures.retain(|_, (_, last)| now.duration_since(*last) < FAILURE_MEMORY);
+        let entry = throttle.failures.entry(ip).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        let doublings = entry.0.saturating_sub(1).min(6);
+        base.saturating_mul(1 << doublings).min(Duration::from_secs(30))
+    }
+
+    /// How long to hold a new connection from `ip` before its hello is answered:
+    /// nothing for a clean address, growing with its recent failures.
+    pub fn hello_delay(&self, ip: IpAddr, base: Duration) -> Duration {
+        let throttle = self.throttle();
+        match throttle.failures.get(&ip) {
+            Some((failures, last)) if last.elapsed() < FAILURE_MEMORY && *failures > 3 => {
+                base.saturating_mul(1 << (failures - 3).min(6)).min(Duration::from_secs(30))
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Forgets the failures of `ip` after a successful login.
+    pub fn login_succeeded(&self, ip: IpAddr) {
+        self.throttle().failures.remove(&ip);
+    }
+
+    /// Whether `user` has the admin role, as stored.
+    pub async fn role_of(&self, user: &Name) -> Option<Role> {
+        let name = user.to_string();
+        self.store.read(move |conn| crate::store::user(conn, &name)).await.ok().flatten().map(|u| u.role)
+    }
+}
+
+/// An in-progress handshake slot for one address.
+#[derive(Debug)]
+pub struct HandshakeGuard {
+    hub: Arc<Hub>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        let mut throttle = self.hub.throttle();
+        if let Some(count) = throttle.in_flight.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                throttle.in_flight.remove(&self.ip);
+            }
+        }
+    }
+}

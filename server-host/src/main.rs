@@ -1,0 +1,241 @@
+//! `casataa-server`: run the server, and manage users from the shell (also while the
+//! server runs: both use the same SQLite file).
+
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use casataa_proto::types::{Name, Role};
+use casataa_server::settings::Settings;
+use casataa_server::{generate_passphrase, server, store, unix_millis};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "casataa-server", version, about = "Casataa: encrypted LAN chat and file sharing — the server")]
+struct Cli {
+    /// Where the store lives.
+    #[arg(long, global = true, env = "CASATAA_DATA", default_value = "./casataa-data")]
+    data: PathBuf,
+    /// A TOML config file (default: casataa.toml in the data directory, if present).
+    #[arg(long, global = true, env = "CASATAA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Listener for devices and the command-line client.
+        #[arg(long, env = "CASATAA_TCP")]
+        tcp: Option<SocketAddr>,
+        /// Listener for the web page and WebSocket (`/ws`).
+        #[arg(long, env = "CASATAA_HTTP")]
+        http: Option<SocketAddr>,
+        /// The name shown to clients.
+        #[arg(long, env = "CASATAA_NAME")]
+        name: Option<String>,
+    },
+    /// Manage users (works while the server runs).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints a generated passphrase unless one comes on stdin.
+    Add {
+        /// The user's name (a-z, 0-9, '.', '_', '-').
+        name: String,
+        /// Give the user the admin role.
+        #[arg(long)]
+        admin: bool,
+        /// Read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Refuse the user's logins (sessions end at their next reconnect, or by kick).
+    Disable {
+        /// The user.
+        name: String,
+    },
+    /// Allow the user's logins again.
+    Enable {
+        /// The user.
+        name: String,
+    },
+    /// Set a new passphrase (generated and printed unless one comes on stdin).
+    Passwd {
+        /// The user.
+        name: String,
+        /// Read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
+    /// Print the user's derived key, for provisioning a terminal without its passphrase.
+    Key {
+        /// The user.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("casataa-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let mut settings = Settings::defaults(cli.data.clone());
+    let config = cli.config.clone().or_else(|| {
+        let default = cli.data.join("casataa.toml");
+        default.exists().then_some(default)
+    });
+    if let Some(path) = config {
+        settings.apply_file(&path).map_err(anyhow::Error::msg)?;
+    }
+    Ok(settings)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = settings(&cli)?;
+    match cli.command {
+        Command::Serve { tcp, http, name } => {
+            if let Some(tcp) = tcp {
+                settings.tcp = tcp;
+            }
+            if let Some(http) = http {
+                settings.http = http;
+            }
+            if let Some(name) = name {
+                settings.server_name = name;
+            }
+            serve(settings)
+        }
+        Command::User { command } => user(&settings, command),
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let name = settings.server_name.clone();
+        let data = settings.data_dir.clone();
+        let bound = server::bind(settings).await?;
+        println!("Casataa server \"{name}\" is running (data in {}).", data.display());
+        println!("  web page:     http://{}/", display_addr(bound.http_addr));
+        println!("  device port:  {}", display_addr(bound.tcp_addr));
+        if let Some(passphrase) = &bound.created_admin {
+            println!();
+            println!("First start: created the admin user. This passphrase is shown only once:");
+            println!("  user:        admin");
+            println!("  passphrase:  {passphrase}");
+            println!("Change it with: casataa-server --data {} user passwd admin", data.display());
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        bound.run(server::shutdown_signal()).await
+    })
+}
+
+/// An address to show people: the unspecified address becomes localhost.
+fn display_addr(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() { format!("localhost:{}", addr.port()) } else { addr.to_string() }
+}
+
+fn read_passphrase_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the passphrase from stdin")?;
+    let passphrase = line.trim_end_matches(['\n', '\r']).to_owned();
+    if passphrase.is_empty() {
+        bail!("the passphrase on stdin is empty");
+    }
+    if passphrase.len() > casataa_proto::limits::PASSPHRASE_MAX {
+        bail!("the passphrase is longer than {} bytes", casataa_proto::limits::PASSPHRASE_MAX);
+    }
+    Ok(passphrase)
+}
+
+fn parse_name(name: &str) -> anyhow::Result<Name> {
+    Name::new(name).map_err(|e| anyhow::anyhow!("invalid user name {name:?}: {e}"))
+}
+
+fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
+    let conn = store::open_for_admin(&settings.data_dir, unix_millis())
+        .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
+    match command {
+        UserCommand::Add { name, admin, passphrase_stdin } => {
+            let name = parse_name(&name)?;
+            let (passphrase, generated) =
+                if passphrase_stdin { (read_passphrase_stdin()?, false) } else { (generate_passphrase(), true) };
+            let (kdf, key) = store::new_credentials(&passphrase, settings.kdf_iterations)?;
+            let role = if admin { Role::Admin } else { Role::User };
+            match store::add_user(&conn, &name, role, &kdf, &key, unix_millis()) {
+                Ok(()) => {}
+                Err(store::StoreError::AlreadyExists) => bail!("user {name} already exists"),
+                Err(e) => return Err(e.into()),
+            }
+            println!("created {name}{}", if admin { " (admin)" } else { "" });
+            if generated {
+                println!("passphrase: {passphrase}");
+            }
+        }
+        UserCommand::List => {
+            let users = store::users(&conn)?;
+            let stdout_is_terminal = std::io::stdout().is_terminal();
+            if stdout_is_terminal {
+                println!("{:<32}  {:<5}  status", "user", "role");
+            }
+            for (name, role, disabled) in users {
+                let role = if role == Role::Admin { "admin" } else { "user" };
+                let status = if disabled { "disabled" } else { "active" };
+                println!("{name:<32}  {role:<5}  {status}");
+            }
+        }
+        UserCommand::Disable { name } => {
+            store::set_disabled(&conn, &name, true).with_context(|| format!("cannot disable {name}"))?;
+            println!("disabled {name}");
+        }
+        UserCommand::Enable { name } => {
+            store::set_disabled(&conn, &name, false).with_context(|| format!("cannot enable {name}"))?;
+            println!("enabled {name}");
+        }
+        UserCommand::Passwd { name, passphrase_stdin } => {
+            let (passphrase, generated) =
+                if passphrase_stdin { (read_passphrase_stdin()?, false) } else { (generate_passphrase(), true) };
+            let (kdf, key) = store::new_credentials(&passphrase, settings.kdf_iterations)?;
+            store::set_credentials(&conn, &name, &kdf, &key).with_context(|| format!("cannot change {name}"))?;
+            println!("changed the passphrase of {name}");
+            if generated {
+                println!("passphrase: {passphrase}");
+            }
+        }
+        UserCommand::Key { name } => {
+            let Some(record) = store::user(&conn, &name)? else {
+                bail!("no user {name}");
+            };
+            let hex: String = record.key.0.iter().map(|b| format!("{b:02x}")).collect();
+            println!("{hex}");
+        }
+    }
+    Ok(())
+}

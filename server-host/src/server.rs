@@ -1,0 +1,191 @@
+//! Listeners, HTTP routes and the server's life cycle: bind, serve, shut down cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use casataa_proto::message::CloseReason;
+use casataa_proto::types::Role;
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use warp::Filter;
+
+use crate::connection::{self, Context};
+use crate::hub::Hub;
+use crate::settings::Settings;
+use crate::store::{self, Store};
+use crate::transport::{FrameReader, FrameWriter};
+use crate::{generate_passphrase, unix_millis};
+
+/// A server whose listeners are bound.
+#[derive(Debug)]
+pub struct Bound {
+    context: Context,
+    tcp: TcpListener,
+    http: TcpListener,
+    /// Where devices connect.
+    pub tcp_addr: SocketAddr,
+    /// Where browsers connect.
+    pub http_addr: SocketAddr,
+    /// The passphrase of the `admin` user, if this start created it.
+    pub created_admin: Option<String>,
+}
+
+/// Opens the store (creating `admin` on first start) and binds both listeners.
+pub async fn bind(settings: Settings) -> anyhow::Result<Bound> {
+    use anyhow::Context as _;
+    let store = Store::open(&settings.data_dir, unix_millis())
+        .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
+    let created_admin = create_first_admin(&store, settings.kdf_iterations).await?;
+    let hub = Hub::new(store).await.context("cannot load rooms")?;
+    let tcp = TcpListener::bind(settings.tcp).await.with_context(|| format!("cannot listen on {}", settings.tcp))?;
+    let http =
+        TcpListener::bind(settings.http).await.with_context(|| format!("cannot listen on {}", settings.http))?;
+    let tcp_addr = tcp.local_addr()?;
+    let http_addr = http.local_addr()?;
+    Ok(Bound { context: Context { hub, settings: Arc::new(settings) }, tcp, http, tcp_addr, http_addr, created_admin })
+}
+
+async fn create_first_admin(store: &Store, iterations: u32) -> anyhow::Result<Option<String>> {
+    if store.read(|conn| store::user_count(conn)).await? > 0 {
+        return Ok(None);
+    }
+    let passphrase = generate_passphrase();
+    let secret = passphrase.clone();
+    let (kdf, key) = tokio::task::spawn_blocking(move || store::new_credentials(&secret, iterations)).await??;
+    let admin = casataa_proto::types::Name::new("admin").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = unix_millis();
+    match store.write(move |conn| store::add_user(conn, &admin, Role::Admin, &kdf, &key, now)).await {
+        Ok(()) => Ok(Some(passphrase)),
+        Err(store::StoreError::AlreadyExists) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Bound {
+    /// The shared state (for tests and embedding).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.context.hub
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, closes every session
+    /// and flushes the store.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Bound { context, tcp, http, .. } = self;
+        let limit = Arc::new(Semaphore::new(context.settings.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let tcp_task = tokio::spawn(accept_tcp(tcp, context.clone(), Arc::clone(&limit), stop_rx.clone()));
+        let routes = routes(context.clone(), Arc::clone(&limit));
+        let mut http_stop = stop_rx.clone();
+        let http_task = tokio::spawn(
+            warp::serve(routes)
+                .incoming(http)
+                .graceful(async move {
+                    let _ = http_stop.wait_for(|stop| *stop).await;
+                })
+                .run(),
+        );
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, closing sessions");
+        let _ = stop_tx.send(true);
+        let _ = tcp_task.await;
+        context.hub.close_all(CloseReason::Shutdown);
+        // Sessions end once their goodbye is written; give them a moment.
+        let all = u32::try_from(context.settings.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(Duration::from_secs(5), limit.acquire_many(all)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+        context.hub.store().flush().await?;
+        tracing::info!("store flushed; goodbye");
+        Ok(())
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, context: Context, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let (read, write) = socket.into_split();
+        let reader = FrameReader::Tcp { half: read, buf: Vec::new() };
+        let writer = FrameWriter::Tcp(write);
+        spawn_session(&context, &limit, reader, writer, peer);
+    }
+}
+
+fn spawn_session(context: &Context, limit: &Arc<Semaphore>, reader: FrameReader, writer: FrameWriter, peer: SocketAddr) {
+    let context = context.clone();
+    match Arc::clone(limit).try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                connection::serve(context, reader, writer, peer).await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "connection limit reached; refusing");
+            tokio::spawn(connection::refuse_busy(writer));
+        }
+    }
+}
+
+const NO_CLIENT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Casataa</title>\
+<h1>Casataa</h1><p>This server was built without the web client. Build it with \
+<code>cargo xtask web</code> (or start everything with <code>cargo xtask run</code>).</p>\
+<p>Devices and the <code>casataa</code> command-line client connect to the TCP port.</p>";
+
+fn routes(
+    context: Context,
+    limit: Arc<Semaphore>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
+    let max_frame = context.settings.max_frame as usize;
+    let ws = warp::path("ws").and(warp::path::end()).and(warp::ws()).and(warp::addr::remote()).map(
+        move |ws: warp::ws::Ws, remote: Option<SocketAddr>| {
+            let context = context.clone();
+            let limit = Arc::clone(&limit);
+            let peer = remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            ws.max_message_size(max_frame).max_frame_size(max_frame).on_upgrade(move |socket| async move {
+                let (sink, stream) = socket.split();
+                spawn_session(&context, &limit, FrameReader::Ws(stream), FrameWriter::Ws(sink), peer);
+            })
+        },
+    );
+    let index = warp::path::end().and(warp::get()).map(|| warp::reply::html(NO_CLIENT_PAGE));
+    ws.or(index).recover(|_rejection: warp::Rejection| async {
+        Ok::<_, std::convert::Infallible>(warp::reply::with_status("not found\n", warp::http::StatusCode::NOT_FOUND))
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
