@@ -1,1 +1,496 @@
-fn main() {}
+//! `casataa`: the command-line client — chat, send, tail, who, admin.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use casataa_cli::client::{Client, ClientError, ConnectOptions, Event, Secret};
+use casataa_cli::json;
+use casataa_cli::state::{self, UserState};
+use casataa_proto::message::{
+    ActivityEvent, AdminRequest, AdminResult, ChatMessage, ClientMessage, Content, HistoryRequest,
+    ServerMessage, SessionInfo,
+};
+use casataa_proto::types::{Body, ClientKind, Name, Role, Target, truncated};
+use clap::{Parser, Subcommand};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(name = "casataa", version, about = "Casataa: encrypted LAN chat — the command-line client")]
+struct Cli {
+    /// The server's device port, HOST:PORT.
+    #[arg(long, global = true, env = "CASATAA_SERVER", default_value = "127.0.0.1:5000")]
+    server: String,
+    /// Who you are.
+    #[arg(long, global = true, env = "CASATAA_USER")]
+    user: Option<String>,
+    /// Where this client keeps its device identity and what it has shown.
+    #[arg(long, global = true, env = "CASATAA_STATE")]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat interactively: type to send; /help lists the commands.
+    Chat,
+    /// Send one message; exits 0 once the server has stored it.
+    Send {
+        /// '#room' or '@user'.
+        #[arg(long)]
+        to: String,
+        /// The text (words are joined by spaces).
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Print received messages (including those that waited while offline).
+    Tail {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long = "for")]
+        for_secs: Option<f64>,
+    },
+    /// Who is online.
+    Who {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Administration (admin users only).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Online sessions.
+    Who,
+    /// The activity log: recent entries, then live ones with --follow.
+    Log {
+        /// Keep printing new entries.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Close every session of a user.
+    Kick {
+        /// The user.
+        user: String,
+    },
+    /// Disable a user (and close their sessions).
+    Disable {
+        /// The user.
+        user: String,
+    },
+    /// Enable a user.
+    Enable {
+        /// The user.
+        user: String,
+    },
+    /// Create a user; prints the generated passphrase.
+    Create {
+        /// The new user.
+        user: String,
+        /// Make them an admin.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("casataa: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("casataa: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_target(text: &str) -> anyhow::Result<Target> {
+    let (kind, name) = text.split_at(text.find(|c| c != '#' && c != '@').unwrap_or(text.len()).min(1));
+    let parsed = Name::new(name).map_err(|e| anyhow::anyhow!("invalid target {text:?}: {e}"))?;
+    match kind {
+        "#" => Ok(Target::Room(parsed)),
+        "@" => Ok(Target::User(parsed)),
+        _ => bail!("a target is '#room' or '@user', not {text:?}"),
+    }
+}
+
+fn body(text: &str) -> anyhow::Result<Body> {
+    Body::try_from(text)
+        .map_err(|_| anyhow::anyhow!("the message is longer than {} bytes", Body::new().capacity()))
+}
+
+struct Session {
+    client: Client,
+    state: UserState,
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Session> {
+    let user = cli.user.as_deref().context("who are you? give --user NAME (or CASATAA_USER)")?;
+    let user = Name::new(user).map_err(|e| anyhow::anyhow!("invalid user name {user:?}: {e}"))?;
+    let passphrase = match std::env::var("CASATAA_PASSPHRASE") {
+        Ok(passphrase) if !passphrase.is_empty() => passphrase,
+        _ if std::io::stdin().is_terminal() => rpassword::prompt_password(format!("passphrase for {user}: "))
+            .context("cannot read the passphrase")?,
+        _ => bail!("no passphrase: set CASATAA_PASSPHRASE or run on a terminal"),
+    };
+    let root = cli.state.clone().unwrap_or_else(state::default_dir);
+    let state = UserState::new(&root, &user);
+    let device = state.device().with_context(|| format!("cannot keep state in {}", root.display()))?;
+    let options = ConnectOptions {
+        server: cli.server.clone(),
+        user,
+        secret: Secret::Passphrase(passphrase),
+        device,
+        kind: ClientKind::Cli,
+        resume: state.last_server(),
+        timeout: Duration::from_secs(30),
+    };
+    let client = Client::connect(options).await.map_err(|e| match e {
+        ClientError::Refused(why) => anyhow::anyhow!("login refused: {why}"),
+        other => anyhow::Error::new(other),
+    })?;
+    state.set_last_server(&client.welcome().server_id)?;
+    Ok(Session { client, state })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Send { to, text } => {
+            let to = parse_target(to)?;
+            let text = body(&text.join(" "))?;
+            let mut session = connect(&cli).await?;
+            let seq = session.client.send_text(to, text).await?;
+            session.client.close().await?;
+            if std::io::stdout().is_terminal() {
+                println!("stored as #{seq}");
+            }
+            Ok(())
+        }
+        Command::Tail { json, count, for_secs } => {
+            let session = connect(&cli).await?;
+            tail(session, *json, *count, for_secs.map(Duration::from_secs_f64)).await
+        }
+        Command::Who { json } => {
+            let mut session = connect(&cli).await?;
+            session.client.request(&ClientMessage::ListOnline).await?;
+            let mut users = Vec::new();
+            loop {
+                let page = session
+                    .client
+                    .wait_for(|e| match e {
+                        Event::Message(ServerMessage::Online { users, last }) => Some((users.clone(), *last)),
+                        _ => None,
+                    })
+                    .await?;
+                users.extend(page.0);
+                if page.1 {
+                    break;
+                }
+            }
+            for user in users {
+                if *json {
+                    println!("{}", json::presence(&user));
+                } else {
+                    println!("{:<32} {:?}", user.user, user.kind);
+                }
+            }
+            session.client.close().await?;
+            Ok(())
+        }
+        Command::Chat => {
+            let mut session = connect(&cli).await?;
+            chat(&mut session).await
+        }
+        Command::Admin { command } => {
+            let mut session = connect(&cli).await?;
+            admin(&mut session, command).await
+        }
+    }
+}
+
+fn show(message: &ChatMessage) -> String {
+    let time = format_time(message.at);
+    match &message.content {
+        Content::Text(body) => {
+            format!("[{time}] {} {} {}: {}", message.to, "·", message.from, sanitize(body))
+        }
+        Content::File(file) => format!(
+            "[{time}] {} · {} shared a file: {} ({} bytes, id {})",
+            message.to,
+            message.from,
+            sanitize(&file.name),
+            file.size,
+            file.id
+        ),
+    }
+}
+
+/// Control characters from other people never reach the terminal.
+fn sanitize(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() && c != '\n' { '\u{fffd}' } else { c }).collect()
+}
+
+fn format_time(unix_millis: u64) -> String {
+    let secs = unix_millis / 1000;
+    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+}
+
+async fn tail(
+    mut session: Session,
+    as_json: bool,
+    count: Option<u64>,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let server = session.client.welcome().server_id;
+    let mut shown = 0u64;
+    if count == Some(0) {
+        return Ok(());
+    }
+    loop {
+        let event = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, session.client.next_event()).await {
+                Ok(event) => event?,
+                Err(_) => break,
+            },
+            None => session.client.next_event().await?,
+        };
+        match event {
+            Event::Message(ServerMessage::Deliver(message)) => {
+                if as_json {
+                    println!("{}", json::message(&message));
+                } else {
+                    println!("{}", show(&message));
+                }
+                session.state.set_watermark(&server, message.seq)?;
+                shown += 1;
+            }
+            Event::Message(ServerMessage::Closing { reason }) => {
+                bail!("the server closed the session: {reason:?}")
+            }
+            _ => {}
+        }
+        session.client.flush().await?;
+        if count.is_some_and(|count| shown >= count) {
+            break;
+        }
+    }
+    session.client.close().await?;
+    Ok(())
+}
+
+/// The room every user is in.
+const GENERAL: &str = "general";
+
+const CHAT_HELP: &str = "commands: /join ROOM, /leave ROOM, /create ROOM, /to #ROOM|@USER (where plain lines go), \
+/msg USER TEXT, /rooms, /who, /history, /quit";
+
+async fn chat(session: &mut Session) -> anyhow::Result<()> {
+    let mut current = Target::Room(Name::new(GENERAL).map_err(|e| anyhow::anyhow!("{e}"))?);
+    println!(
+        "connected to {} as {}. {CHAT_HELP}",
+        session.client.welcome().server_name,
+        session.client.welcome().user
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                if !chat_command(session, &mut current, line.trim()).await? {
+                    break;
+                }
+            }
+            event = session.client.next_event() => show_event(&event?),
+        }
+        session.client.flush().await?;
+    }
+    Ok(())
+}
+
+async fn chat_command(session: &mut Session, current: &mut Target, line: &str) -> anyhow::Result<bool> {
+    let client = &mut session.client;
+    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let room = |text: &str| Name::new(text.trim_start_matches('#')).map_err(|e| anyhow::anyhow!("{e}"));
+    let result: anyhow::Result<()> = async {
+        match command {
+            "" => {}
+            "/quit" => return Ok(()),
+            "/help" => println!("{CHAT_HELP}"),
+            "/join" => client.request(&ClientMessage::JoinRoom { room: room(rest)? }).await?,
+            "/leave" => client.request(&ClientMessage::LeaveRoom { room: room(rest)? }).await?,
+            "/create" => client.request(&ClientMessage::CreateRoom { room: room(rest)? }).await?,
+            "/rooms" => client.request(&ClientMessage::ListRooms).await?,
+            "/who" => client.request(&ClientMessage::ListOnline).await?,
+            "/to" => {
+                *current = parse_target(rest.trim())?;
+                println!("now talking in {current}");
+            }
+            "/history" => {
+                let request = HistoryRequest { target: current.clone(), before: None, limit: 20 };
+                client.request(&ClientMessage::History(request)).await?;
+            }
+            "/msg" => {
+                let (user, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let to = Target::User(
+                    Name::new(user.trim_start_matches('@')).map_err(|e| anyhow::anyhow!("{e}"))?,
+                );
+                client.queue_message(to, body(text)?)?;
+            }
+            _ if command.starts_with('/') => println!("unknown command {command}; {CHAT_HELP}"),
+            _ => {
+                client.queue_message(current.clone(), body(line)?)?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if command == "/quit" {
+        return Ok(false);
+    }
+    if let Err(e) = result {
+        match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Io(_) | ClientError::Closed | ClientError::Protocol(_)) => return Err(e),
+            _ => println!("! {e:#}"),
+        }
+    }
+    Ok(true)
+}
+
+fn show_event(event: &Event) {
+    let Event::Message(message) = event else { return };
+    match message {
+        ServerMessage::Deliver(m) | ServerMessage::HistoryItem(m) => println!("{}", show(m)),
+        ServerMessage::HistoryEnd { target, more } => {
+            println!("-- end of {target} history{} --", if *more { " page" } else { "" });
+        }
+        ServerMessage::RoomList { rooms, .. } => {
+            for room in rooms {
+                println!(
+                    "#{} ({} members){}",
+                    room.name,
+                    room.members,
+                    if room.joined { ", joined" } else { "" }
+                );
+            }
+        }
+        ServerMessage::RoomJoined { room } => println!("joined #{room}"),
+        ServerMessage::RoomLeft { room } => println!("left #{room}"),
+        ServerMessage::Online { users, .. } => {
+            for user in users {
+                println!("online: {} ({:?})", user.user, user.kind);
+            }
+        }
+        ServerMessage::Presence(p) => {
+            println!("* {} is {}", p.user, if p.online { "online" } else { "offline" });
+        }
+        ServerMessage::Typing { from, to } => println!("* {from} is typing in {to}"),
+        ServerMessage::Error(report) => println!("! {:?}: {}", report.code, report.detail),
+        ServerMessage::Closing { reason } => println!("! the server closes the session: {reason:?}"),
+        _ => {}
+    }
+}
+
+async fn admin(session: &mut Session, command: &AdminCommand) -> anyhow::Result<()> {
+    let name = |user: &str| Name::new(user).map_err(|e| anyhow::anyhow!("invalid user name {user:?}: {e}"));
+    let request = match command {
+        AdminCommand::Who => AdminRequest::Watch { sessions: true, activity: false },
+        AdminCommand::Log { .. } => AdminRequest::Watch { sessions: false, activity: true },
+        AdminCommand::Kick { user } => AdminRequest::Kick { user: name(user)? },
+        AdminCommand::Disable { user } => AdminRequest::SetDisabled { user: name(user)?, disabled: true },
+        AdminCommand::Enable { user } => AdminRequest::SetDisabled { user: name(user)?, disabled: false },
+        AdminCommand::Create { user, admin } => AdminRequest::CreateUser {
+            user: name(user)?,
+            role: if *admin { Role::Admin } else { Role::User },
+            passphrase: None,
+        },
+    };
+    let client = &mut session.client;
+    client.request(&ClientMessage::Admin { req: 1, request }).await?;
+    let mut sessions: Vec<SessionInfo> = Vec::new();
+    let mut activity: Vec<ActivityEvent> = Vec::new();
+    let result = loop {
+        match client.next_event().await? {
+            Event::Message(ServerMessage::AdminResult { req: 1, result }) => break result,
+            Event::Message(ServerMessage::Sessions { sessions: page, .. }) => sessions.extend(page),
+            Event::Message(ServerMessage::Activity(event)) => activity.push(event),
+            Event::Message(ServerMessage::Closing { reason }) => {
+                bail!("the server closed the session: {reason:?}")
+            }
+            _ => {}
+        }
+        client.flush().await?;
+    };
+    match result {
+        AdminResult::Failed(code) => bail!("refused: {code:?}"),
+        AdminResult::UserCreated { user, passphrase } => {
+            println!("created {user}");
+            if let Some(passphrase) = passphrase {
+                println!("passphrase: {passphrase}");
+            }
+        }
+        AdminResult::Done => match command {
+            AdminCommand::Who => {
+                for s in &sessions {
+                    println!(
+                        "{:<20} {:<9} {:<22} since {}  in {} msgs/{} B  out {} msgs/{} B",
+                        s.user,
+                        format!("{:?}", s.kind),
+                        s.addr,
+                        format_time(s.since),
+                        s.messages_in,
+                        s.bytes_in,
+                        s.messages_out,
+                        s.bytes_out
+                    );
+                }
+            }
+            AdminCommand::Log { follow } => {
+                for event in &activity {
+                    println!("{}", show_activity(event));
+                }
+                while *follow {
+                    if let Event::Message(ServerMessage::Activity(event)) = client.next_event().await? {
+                        println!("{}", show_activity(&event));
+                    }
+                    client.flush().await?;
+                }
+            }
+            _ => println!("done"),
+        },
+        AdminResult::Users { .. } | AdminResult::Files { .. } => {}
+    }
+    Ok(())
+}
+
+fn show_activity(event: &ActivityEvent) -> String {
+    let detail: casataa_proto::types::Text = truncated(&sanitize(&event.detail));
+    format!(
+        "[{}] {:?} {} {} {}",
+        format_time(event.at),
+        event.kind,
+        sanitize(&event.user),
+        event.addr,
+        detail
+    )
+}

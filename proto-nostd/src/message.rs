@@ -333,6 +333,40 @@ pub enum ServerMessage<'a> {
     },
 }
 
+impl<'a> ServerMessage<'a> {
+    /// The same message with no borrowed data, or, for a file chunk (the one message
+    /// that borrows its frame), the chunk back.
+    pub fn into_owned(self) -> Result<ServerMessage<'static>, FileChunk<'a>> {
+        Ok(match self {
+            Self::Welcome(m) => ServerMessage::Welcome(m),
+            Self::Stored { client_id, seq, at } => ServerMessage::Stored { client_id, seq, at },
+            Self::Deliver(m) => ServerMessage::Deliver(m),
+            Self::HistoryItem(m) => ServerMessage::HistoryItem(m),
+            Self::HistoryEnd { target, more } => ServerMessage::HistoryEnd { target, more },
+            Self::RoomList { rooms, last } => ServerMessage::RoomList { rooms, last },
+            Self::RoomJoined { room } => ServerMessage::RoomJoined { room },
+            Self::RoomLeft { room } => ServerMessage::RoomLeft { room },
+            Self::Online { users, last } => ServerMessage::Online { users, last },
+            Self::Presence(m) => ServerMessage::Presence(m),
+            Self::Typing { from, to } => ServerMessage::Typing { from, to },
+            Self::FileAccepted { transfer, file, offset, chunk_max, window } => {
+                ServerMessage::FileAccepted { transfer, file, offset, chunk_max, window }
+            }
+            Self::FileProgress { file, received } => ServerMessage::FileProgress { file, received },
+            Self::FileStored { file, sha256 } => ServerMessage::FileStored { file, sha256 },
+            Self::FileStart { file, offset } => ServerMessage::FileStart { file, offset },
+            Self::FileChunk(chunk) => return Err(chunk),
+            Self::AdminResult { req, result } => ServerMessage::AdminResult { req, result },
+            Self::Activity(m) => ServerMessage::Activity(m),
+            Self::Sessions { sessions, last } => ServerMessage::Sessions { sessions, last },
+            Self::Error(m) => ServerMessage::Error(m),
+            Self::Ping { nonce } => ServerMessage::Ping { nonce },
+            Self::Pong { nonce } => ServerMessage::Pong { nonce },
+            Self::Closing { reason } => ServerMessage::Closing { reason },
+        })
+    }
+}
+
 /// The server's greeting after a successful login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {

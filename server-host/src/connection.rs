@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use casataa_proto::ServerSession;
 use casataa_proto::handshake::{Handshake, KdfParams, Refusal, UserKey, decoy_salt};
 use casataa_proto::limits::{BODY_MAX, HANDSHAKE_FRAME_MAX, LIST_PAGE_MAX, PROTOCOL_VERSION};
 use casataa_proto::message::{
@@ -19,9 +20,10 @@ use casataa_proto::message::{
     ErrorCode, ErrorReport, HistoryRequest, Limits, Login, RoomInfo, SendMessage, ServerMessage, UserEntry,
     Welcome,
 };
-use casataa_proto::session::{AuthFailure, ServerConfig, ServerEvent, SessionError, UserLookup, encode_handshake};
+use casataa_proto::session::{
+    AuthFailure, ServerConfig, ServerEvent, SessionError, UserLookup, encode_handshake,
+};
 use casataa_proto::types::{ClientMsgId, DeviceId, Name, Passphrase, Role, Seq, Target, truncated};
-use casataa_proto::ServerSession;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use heapless::Vec as BoundedVec;
@@ -105,32 +107,39 @@ pub async fn serve(ctx: Context, mut reader: FrameReader, writer: FrameWriter, p
             push_refusal(&queue, Refusal::Busy);
             None
         }
-        Ok(_slot) => match timeout(ctx.settings.handshake_timeout, handshake(&ctx, &mut reader, &queue, peer)).await {
-            Ok(Ok(accepted)) => Some(accepted),
-            Ok(Err(HandshakeEnd::Refuse(refusal))) => {
-                push_refusal(&queue, refusal);
-                None
+        Ok(_slot) => {
+            match timeout(ctx.settings.handshake_timeout, handshake(&ctx, &mut reader, &queue, peer)).await {
+                Ok(Ok(accepted)) => Some(accepted),
+                Ok(Err(HandshakeEnd::Refuse(refusal))) => {
+                    push_refusal(&queue, refusal);
+                    None
+                }
+                Ok(Err(HandshakeEnd::AuthFailed { user, why })) => {
+                    ctx.hub
+                        .record(
+                            ActivityKind::LoginFailed,
+                            user.as_str(),
+                            &addr,
+                            format!("login failed: {why}"),
+                        )
+                        .await;
+                    // Every failure waits the same base delay, so the three reasons cannot
+                    // be told apart by timing; repeated failures from one address wait longer.
+                    let delay = ctx.hub.login_failed(peer.ip(), ctx.settings.login_failure_delay);
+                    sleep(delay).await;
+                    push_refusal(&queue, Refusal::AuthFailed);
+                    None
+                }
+                Ok(Err(HandshakeEnd::Gone(why))) => {
+                    tracing::debug!(%addr, "handshake ended: {why}");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "handshake deadline passed");
+                    None
+                }
             }
-            Ok(Err(HandshakeEnd::AuthFailed { user, why })) => {
-                ctx.hub
-                    .record(ActivityKind::LoginFailed, user.as_str(), &addr, format!("login failed: {why}"))
-                    .await;
-                // Every failure waits the same base delay, so the three reasons cannot
-                // be told apart by timing; repeated failures from one address wait longer.
-                let delay = ctx.hub.login_failed(peer.ip(), ctx.settings.login_failure_delay);
-                sleep(delay).await;
-                push_refusal(&queue, Refusal::AuthFailed);
-                None
-            }
-            Ok(Err(HandshakeEnd::Gone(why))) => {
-                tracing::debug!(%addr, "handshake ended: {why}");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(%addr, "handshake deadline passed");
-                None
-            }
-        },
+        }
     };
     let end = match outcome {
         Some(accepted) => {
@@ -241,7 +250,12 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u16, burst: u16) -> Self {
-        Self { tokens: f64::from(burst), rate: f64::from(rate), burst: f64::from(burst), last: Instant::now() }
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
     }
 
     fn take(&mut self) -> bool {
@@ -257,7 +271,9 @@ impl Bucket {
     }
 }
 
-type Pending = Pin<Box<dyn Future<Output = (ClientMsgId, Result<(Appended, Option<ActivityEvent>), StoreError>)> + Send>>;
+type Pending = Pin<
+    Box<dyn Future<Output = (ClientMsgId, Result<(Appended, Option<ActivityEvent>), StoreError>)> + Send>,
+>;
 
 /// The state of an established session.
 struct Live<'c> {
@@ -288,7 +304,9 @@ async fn run_session(
     let Accepted { session, user, role, login } = accepted;
     let registration = ctx.hub.register(&user, login.kind, addr.clone());
     let kind = login.kind;
-    ctx.hub.record(ActivityKind::Connect, user.as_str(), &addr, format!("{} connected ({kind:?})", user)).await;
+    ctx.hub
+        .record(ActivityKind::Connect, user.as_str(), &addr, format!("{} connected ({kind:?})", user))
+        .await;
     let name = user.to_string();
     let device = login.device;
     let cursor = match ctx.hub.store().read(move |conn| store::cursor(conn, &name, &device)).await {
@@ -353,7 +371,10 @@ impl Live<'_> {
     }
 
     fn error(&mut self, code: ErrorCode, about: u64, detail: &str) -> Result<(), End> {
-        self.send(&ServerMessage::Error(ErrorReport { code, about, detail: truncated(detail) }), Lane::Control)
+        self.send(
+            &ServerMessage::Error(ErrorReport { code, about, detail: truncated(detail) }),
+            Lane::Control,
+        )
     }
 
     async fn run(&mut self, reader: &mut FrameReader, cursor: Seq) -> End {
@@ -491,8 +512,10 @@ impl Live<'_> {
             ClientMessage::ListRooms => {
                 let mut rooms = self.ctx.hub.rooms_for(&self.user);
                 rooms.sort_by(|a, b| a.0.cmp(&b.0));
-                let infos: Vec<RoomInfo> =
-                    rooms.into_iter().map(|(name, members, joined)| RoomInfo { name, members, joined }).collect();
+                let infos: Vec<RoomInfo> = rooms
+                    .into_iter()
+                    .map(|(name, members, joined)| RoomInfo { name, members, joined })
+                    .collect();
                 self.send_pages(infos, |rooms, last| ServerMessage::RoomList { rooms, last })
             }
             ClientMessage::ListOnline => {
@@ -505,9 +528,11 @@ impl Live<'_> {
                 }
                 Ok(())
             }
-            ClientMessage::FileOffer(offer) => {
-                self.error(ErrorCode::BadRequest, u64::from(offer.transfer), "this server does not take files yet")
-            }
+            ClientMessage::FileOffer(offer) => self.error(
+                ErrorCode::BadRequest,
+                u64::from(offer.transfer),
+                "this server does not take files yet",
+            ),
             ClientMessage::FileChunk(chunk) => {
                 self.error(ErrorCode::NoSuchFile, chunk.file, "this server does not take files yet")
             }
@@ -526,7 +551,8 @@ impl Live<'_> {
         items: Vec<T>,
         page: impl Fn(BoundedVec<T, LIST_PAGE_MAX>, bool) -> ServerMessage<'static>,
     ) -> Result<(), End> {
-        let chunks: Vec<&[T]> = if items.is_empty() { vec![&[]] } else { items.chunks(LIST_PAGE_MAX).collect() };
+        let chunks: Vec<&[T]> =
+            if items.is_empty() { vec![&[]] } else { items.chunks(LIST_PAGE_MAX).collect() };
         let count = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
             let mut bounded = BoundedVec::new();
@@ -563,13 +589,21 @@ impl Live<'_> {
         }
         if !self.may_see(&to).await? {
             let (code, detail) = match &to {
-                Target::Room(room) if !self.ctx.hub.room_exists(room) => (ErrorCode::NoSuchRoom, "no such room"),
+                Target::Room(room) if !self.ctx.hub.room_exists(room) => {
+                    (ErrorCode::NoSuchRoom, "no such room")
+                }
                 Target::Room(_) => (ErrorCode::Forbidden, "join the room first"),
                 Target::User(_) => (ErrorCode::NoSuchUser, "no such user"),
             };
             return self.error(code, client_id, detail);
         }
-        let message = NewMessage { sender: self.user.clone(), client_id, to, content: Content::Text(body), at: unix_millis() };
+        let message = NewMessage {
+            sender: self.user.clone(),
+            client_id,
+            to,
+            content: Content::Text(body),
+            at: unix_millis(),
+        };
         let store = self.ctx.hub.store().clone();
         let addr = self.addr.clone();
         pending.push_back(Box::pin(async move {
@@ -588,7 +622,10 @@ impl Live<'_> {
                         kind: ActivityKind::Message,
                         user: message.sender.to_string(),
                         addr,
-                        detail: format!("{} → {} ({length} bytes, seq {})", message.sender, message.to, appended.seq),
+                        detail: format!(
+                            "{} → {} ({length} bytes, seq {})",
+                            message.sender, message.to, appended.seq
+                        ),
                     };
                     let event = store::record_activity(conn, &activity)?;
                     Ok((appended, Some(event)))
@@ -609,7 +646,10 @@ impl Live<'_> {
                 if let Some(event) = event {
                     self.ctx.hub.publish(event);
                 }
-                self.send(&ServerMessage::Stored { client_id, seq: appended.seq, at: appended.at }, Lane::Control)
+                self.send(
+                    &ServerMessage::Stored { client_id, seq: appended.seq, at: appended.at },
+                    Lane::Control,
+                )
             }
             Err(e) => {
                 tracing::error!("cannot store a message: {e}");
@@ -681,11 +721,18 @@ impl Live<'_> {
                 self.ctx.hub.set_member(&room, &self.user, true);
                 self.ctx
                     .hub
-                    .record(ActivityKind::RoomCreated, self.user.as_str(), &self.addr, format!("{} created #{room}", self.user))
+                    .record(
+                        ActivityKind::RoomCreated,
+                        self.user.as_str(),
+                        &self.addr,
+                        format!("{} created #{room}", self.user),
+                    )
                     .await;
                 self.send(&ServerMessage::RoomJoined { room }, Lane::Control)
             }
-            Err(StoreError::AlreadyExists) => self.error(ErrorCode::AlreadyExists, 0, "that room exists; join it"),
+            Err(StoreError::AlreadyExists) => {
+                self.error(ErrorCode::AlreadyExists, 0, "that room exists; join it")
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -726,8 +773,12 @@ impl Live<'_> {
                 }
                 if activity {
                     let receiver = self.ctx.hub.subscribe_activity();
-                    let backlog =
-                        self.ctx.hub.store().read(|conn| store::recent_activity(conn, ACTIVITY_BACKLOG)).await?;
+                    let backlog = self
+                        .ctx
+                        .hub
+                        .store()
+                        .read(|conn| store::recent_activity(conn, ACTIVITY_BACKLOG))
+                        .await?;
                     for event in backlog {
                         self.send(&ServerMessage::Activity(event), Lane::Control)?;
                     }
@@ -749,7 +800,8 @@ impl Live<'_> {
             }
             AdminRequest::SetDisabled { user, disabled } => {
                 let name = user.to_string();
-                match self.ctx.hub.store().write(move |conn| store::set_disabled(conn, &name, disabled)).await {
+                match self.ctx.hub.store().write(move |conn| store::set_disabled(conn, &name, disabled)).await
+                {
                     Ok(()) => {
                         let kind = if disabled {
                             self.ctx.hub.close_user(&user, CloseReason::Disabled);
@@ -794,7 +846,12 @@ impl Live<'_> {
         self.send(&ServerMessage::AdminResult { req, result }, Lane::Control)
     }
 
-    async fn create_user(&mut self, user: Name, role: Role, passphrase: Option<Passphrase>) -> Result<AdminResult, End> {
+    async fn create_user(
+        &mut self,
+        user: Name,
+        role: Role,
+        passphrase: Option<Passphrase>,
+    ) -> Result<AdminResult, End> {
         let generated = passphrase.is_none();
         let passphrase = passphrase.map_or_else(generate_passphrase, |p| p.to_string());
         let iterations = self.ctx.settings.kdf_iterations;

@@ -388,7 +388,8 @@ impl Hub {
     /// Records an activity: console, store, live feed.
     pub async fn record(&self, kind: ActivityKind, user: &str, addr: &str, detail: String) {
         tracing::info!(target: "casataa::activity", kind = ?kind, user, addr, "{detail}");
-        let activity = NewActivity { at: unix_millis(), kind, user: user.to_owned(), addr: addr.to_owned(), detail };
+        let activity =
+            NewActivity { at: unix_millis(), kind, user: user.to_owned(), addr: addr.to_owned(), detail };
         match self.store.record_activity(activity).await {
             Ok(event) => {
                 let _ = self.activity.send(event);

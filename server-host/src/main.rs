@@ -13,7 +13,11 @@ use casataa_server::{generate_passphrase, server, store, unix_millis};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "casataa-server", version, about = "Casataa: encrypted LAN chat and file sharing — the server")]
+#[command(
+    name = "casataa-server",
+    version,
+    about = "Casataa: encrypted LAN chat and file sharing — the server"
+)]
 struct Cli {
     /// Where the store lives.
     #[arg(long, global = true, env = "CASATAA_DATA", default_value = "./casataa-data")]
@@ -185,8 +189,11 @@ fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::Add { name, admin, passphrase_stdin } => {
             let name = parse_name(&name)?;
-            let (passphrase, generated) =
-                if passphrase_stdin { (read_passphrase_stdin()?, false) } else { (generate_passphrase(), true) };
+            let (passphrase, generated) = if passphrase_stdin {
+                (read_passphrase_stdin()?, false)
+            } else {
+                (generate_passphrase(), true)
+            };
             let (kdf, key) = store::new_credentials(&passphrase, settings.kdf_iterations)?;
             let role = if admin { Role::Admin } else { Role::User };
             match store::add_user(&conn, &name, role, &kdf, &key, unix_millis()) {
@@ -220,10 +227,14 @@ fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
             println!("enabled {name}");
         }
         UserCommand::Passwd { name, passphrase_stdin } => {
-            let (passphrase, generated) =
-                if passphrase_stdin { (read_passphrase_stdin()?, false) } else { (generate_passphrase(), true) };
+            let (passphrase, generated) = if passphrase_stdin {
+                (read_passphrase_stdin()?, false)
+            } else {
+                (generate_passphrase(), true)
+            };
             let (kdf, key) = store::new_credentials(&passphrase, settings.kdf_iterations)?;
-            store::set_credentials(&conn, &name, &kdf, &key).with_context(|| format!("cannot change {name}"))?;
+            store::set_credentials(&conn, &name, &kdf, &key)
+                .with_context(|| format!("cannot change {name}"))?;
             println!("changed the passphrase of {name}");
             if generated {
                 println!("passphrase: {passphrase}");

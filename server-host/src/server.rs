@@ -40,12 +40,22 @@ pub async fn bind(settings: Settings) -> anyhow::Result<Bound> {
         .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
     let created_admin = create_first_admin(&store, settings.kdf_iterations).await?;
     let hub = Hub::new(store).await.context("cannot load rooms")?;
-    let tcp = TcpListener::bind(settings.tcp).await.with_context(|| format!("cannot listen on {}", settings.tcp))?;
-    let http =
-        TcpListener::bind(settings.http).await.with_context(|| format!("cannot listen on {}", settings.http))?;
+    let tcp = TcpListener::bind(settings.tcp)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.tcp))?;
+    let http = TcpListener::bind(settings.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http))?;
     let tcp_addr = tcp.local_addr()?;
     let http_addr = http.local_addr()?;
-    Ok(Bound { context: Context { hub, settings: Arc::new(settings) }, tcp, http, tcp_addr, http_addr, created_admin })
+    Ok(Bound {
+        context: Context { hub, settings: Arc::new(settings) },
+        tcp,
+        http,
+        tcp_addr,
+        http_addr,
+        created_admin,
+    })
 }
 
 async fn create_first_admin(store: &Store, iterations: u32) -> anyhow::Result<Option<String>> {
@@ -54,7 +64,8 @@ async fn create_first_admin(store: &Store, iterations: u32) -> anyhow::Result<Op
     }
     let passphrase = generate_passphrase();
     let secret = passphrase.clone();
-    let (kdf, key) = tokio::task::spawn_blocking(move || store::new_credentials(&secret, iterations)).await??;
+    let (kdf, key) =
+        tokio::task::spawn_blocking(move || store::new_credentials(&secret, iterations)).await??;
     let admin = casataa_proto::types::Name::new("admin").map_err(|e| anyhow::anyhow!("{e}"))?;
     let now = unix_millis();
     match store.write(move |conn| store::add_user(conn, &admin, Role::Admin, &kdf, &key, now)).await {
@@ -104,7 +115,12 @@ impl Bound {
     }
 }
 
-async fn accept_tcp(listener: TcpListener, context: Context, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+async fn accept_tcp(
+    listener: TcpListener,
+    context: Context,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -127,7 +143,13 @@ async fn accept_tcp(listener: TcpListener, context: Context, limit: Arc<Semaphor
     }
 }
 
-fn spawn_session(context: &Context, limit: &Arc<Semaphore>, reader: FrameReader, writer: FrameWriter, peer: SocketAddr) {
+fn spawn_session(
+    context: &Context,
+    limit: &Arc<Semaphore>,
+    reader: FrameReader,
+    writer: FrameWriter,
+    peer: SocketAddr,
+) {
     let context = context.clone();
     match Arc::clone(limit).try_acquire_owned() {
         Ok(permit) => {
@@ -151,7 +173,8 @@ const NO_CLIENT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Casataa<
 fn routes(
     context: Context,
     limit: Arc<Semaphore>,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static {
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
+{
     let max_frame = context.settings.max_frame as usize;
     let ws = warp::path("ws").and(warp::path::end()).and(warp::ws()).and(warp::addr::remote()).map(
         move |ws: warp::ws::Ws, remote: Option<SocketAddr>| {
@@ -166,7 +189,10 @@ fn routes(
     );
     let index = warp::path::end().and(warp::get()).map(|| warp::reply::html(NO_CLIENT_PAGE));
     ws.or(index).recover(|_rejection: warp::Rejection| async {
-        Ok::<_, std::convert::Infallible>(warp::reply::with_status("not found\n", warp::http::StatusCode::NOT_FOUND))
+        Ok::<_, std::convert::Infallible>(warp::reply::with_status(
+            "not found\n",
+            warp::http::StatusCode::NOT_FOUND,
+        ))
     })
 }
 
@@ -175,7 +201,8 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };

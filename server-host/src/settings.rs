@@ -70,7 +70,8 @@ impl Settings {
 
     /// Applies a TOML config file over these settings.
     pub fn apply_file(&mut self, path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let file: FileConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Some(v) = file.tcp {
             self.tcp = v;

@@ -88,7 +88,9 @@ impl FrameReader {
                     continue;
                 }
                 if !message.is_binary() {
-                    return Err(TransportError::WebSocket("text message where a binary frame belongs".into()));
+                    return Err(TransportError::WebSocket(
+                        "text message where a binary frame belongs".into(),
+                    ));
                 }
                 let frame = message.into_bytes();
                 check_datagram(&frame, max_frame).map_err(TransportError::Frame)?;
@@ -125,9 +127,10 @@ impl FrameWriter {
                 bytes.extend_from_slice(frame);
                 half.write_all(&bytes).await.map_err(TransportError::Io)
             }
-            Self::Ws(sink) => {
-                sink.send(Message::binary(frame.to_vec())).await.map_err(|e| TransportError::WebSocket(e.to_string()))
-            }
+            Self::Ws(sink) => sink
+                .send(Message::binary(frame.to_vec()))
+                .await
+                .map_err(|e| TransportError::WebSocket(e.to_string())),
         }
     }
 
@@ -299,7 +302,10 @@ impl OutQueue {
 }
 
 /// Writes queued frames until the queue is closed and empty, then closes the socket.
-pub async fn run_writer(mut writer: FrameWriter, queue: std::sync::Arc<OutQueue>) -> Result<(), TransportError> {
+pub async fn run_writer(
+    mut writer: FrameWriter,
+    queue: std::sync::Arc<OutQueue>,
+) -> Result<(), TransportError> {
     while let Some(frame) = queue.pop().await {
         if let Err(e) = writer.send(&frame).await {
             queue.close();

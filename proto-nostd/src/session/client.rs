@@ -301,6 +301,19 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
         seal_message(sealer, message, out, self.server_max_frame)
     }
 
+    /// Restores what a previous run of this client knew: the server it talked to and
+    /// the highest sequence number it received there. Deliveries up to `delivered` are
+    /// then dropped as duplicates; a welcome from another server resets it.
+    pub fn resume(&mut self, server_id: ServerId, delivered: Seq) {
+        self.server_id = Some(server_id);
+        self.delivered = delivered;
+    }
+
+    /// The server this session last talked to.
+    pub fn server_id(&self) -> Option<ServerId> {
+        self.server_id
+    }
+
     /// Whether the welcome has arrived and the session is usable.
     pub fn is_established(&self) -> bool {
         self.state == State::Established

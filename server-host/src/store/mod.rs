@@ -20,9 +20,9 @@ use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
 pub use queries::{
-    Appended, GENERAL, NewActivity, NewMessage, UserRecord, add_user, advance_cursor, append, create_room, cursor,
-    history, join, leave, memberships, messages_for, new_credentials, recent_activity, record_activity, rooms,
-    set_credentials, set_disabled, user, user_count, users,
+    Appended, GENERAL, NewActivity, NewMessage, UserRecord, add_user, advance_cursor, append, create_room,
+    cursor, history, join, leave, memberships, messages_for, new_credentials, recent_activity,
+    record_activity, rooms, set_credentials, set_disabled, user, user_count, users,
 };
 
 /// Most jobs committed in one transaction.
@@ -264,7 +264,6 @@ impl Store {
         self.write(|_| Ok(())).await
     }
 }
-
 
 /// The writer loop: one transaction per batch of waiting jobs.
 fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Job>, latest: watch::Sender<Seq>) {

@@ -189,7 +189,12 @@ pub fn add_user(
 }
 
 /// Replaces a user's key.
-pub fn set_credentials(conn: &Connection, name: &str, kdf: &KdfParams, key: &UserKey) -> Result<(), StoreError> {
+pub fn set_credentials(
+    conn: &Connection,
+    name: &str,
+    kdf: &KdfParams,
+    key: &UserKey,
+) -> Result<(), StoreError> {
     let changed = conn.execute(
         "UPDATE users SET salt = ?2, iterations = ?3, key = ?4 WHERE name = ?1",
         params![name, &kdf.salt[..], kdf.iterations, &key.0[..]],
@@ -206,7 +211,8 @@ pub fn set_disabled(conn: &Connection, name: &str, disabled: bool) -> Result<(),
 /// Every user: name, role, disabled; sorted by name.
 pub fn users(conn: &Connection) -> Result<Vec<(Name, Role, bool)>, StoreError> {
     let mut stmt = conn.prepare("SELECT name, role, disabled FROM users ORDER BY name")?;
-    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get(2)?)))?;
+    let rows =
+        stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get(2)?)))?;
     let mut out = Vec::new();
     for row in rows {
         let (name, role, disabled) = row?;
@@ -263,7 +269,9 @@ pub fn append(conn: &Connection, message: &NewMessage) -> Result<Appended, Store
 
 const MESSAGE_COLUMNS: &str = "seq, at, sender, client_id, room, dm_to, content";
 
-fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, String, i64, Option<String>, Option<String>, Vec<u8>)> {
+fn message_from_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, i64, String, i64, Option<String>, Option<String>, Vec<u8>)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
 }
 
@@ -290,7 +298,12 @@ fn chat_message(row: MessageRow) -> Result<ChatMessage, StoreError> {
 
 /// The messages `user` should receive with `seq > after`, oldest first: messages to
 /// the rooms the user is in and the user's direct conversations (both directions).
-pub fn messages_for(conn: &Connection, user: &str, after: Seq, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+pub fn messages_for(
+    conn: &Connection,
+    user: &str,
+    after: Seq,
+    limit: usize,
+) -> Result<Vec<ChatMessage>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages
          WHERE seq > ?1
@@ -336,9 +349,11 @@ pub(crate) fn latest_seq(conn: &Connection) -> Result<Seq, StoreError> {
 /// A device's cursor (0 if it never acknowledged anything).
 pub fn cursor(conn: &Connection, user: &str, device: &[u8; 16]) -> Result<Seq, StoreError> {
     let seq: Option<i64> = conn
-        .query_row("SELECT seq FROM cursors WHERE user = ?1 AND device = ?2", params![user, &device[..]], |row| {
-            row.get(0)
-        })
+        .query_row(
+            "SELECT seq FROM cursors WHERE user = ?1 AND device = ?2",
+            params![user, &device[..]],
+            |row| row.get(0),
+        )
         .optional()?;
     Ok(seq.unwrap_or(0) as Seq)
 }
@@ -388,12 +403,16 @@ pub fn create_room(conn: &Connection, room: &Name, by: &Name, now: UnixMillis) -
 
 /// Puts a user in a room that exists.
 pub fn join(conn: &Connection, room: &Name, user: &Name) -> Result<(), StoreError> {
-    let exists: Option<i64> =
-        conn.query_row("SELECT 1 FROM rooms WHERE name = ?1", [room.as_str()], |row| row.get(0)).optional()?;
+    let exists: Option<i64> = conn
+        .query_row("SELECT 1 FROM rooms WHERE name = ?1", [room.as_str()], |row| row.get(0))
+        .optional()?;
     if exists.is_none() {
         return Err(StoreError::NoSuchRoom);
     }
-    conn.execute("INSERT OR IGNORE INTO members (room, user) VALUES (?1, ?2)", [room.as_str(), user.as_str()])?;
+    conn.execute(
+        "INSERT OR IGNORE INTO members (room, user) VALUES (?1, ?2)",
+        [room.as_str(), user.as_str()],
+    )?;
     Ok(())
 }
 

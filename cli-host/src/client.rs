@@ -1,0 +1,372 @@
+//! A client connection over TCP.
+//!
+//! [`Client::next_event`] only reads (and is cancel-safe, so it can sit in a
+//! `select!` beside standard input); everything the session wants to send — the login,
+//! acknowledgements, pongs, queued chat messages — goes out in [`Client::flush`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use casataa_proto::ClientSession;
+use casataa_proto::frame::{StreamItem, decode_stream, length_prefix};
+use casataa_proto::handshake::{Refusal, UserKey, derive_user_key};
+use casataa_proto::limits::{FRAME_MAX, HANDSHAKE_FRAME_MAX};
+use casataa_proto::message::{ClientMessage, CloseReason, ErrorCode, ServerMessage, Welcome};
+use casataa_proto::session::{ClientConfig, ClientEvent, SessionError};
+use casataa_proto::types::{Body, ClientKind, ClientMsgId, DeviceId, Name, Seq, ServerId, Target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Unacknowledged messages one client keeps.
+pub const OUTBOX: usize = 256;
+
+/// How the user proves who they are.
+#[derive(Clone)]
+pub enum Secret {
+    /// The passphrase; the key is derived with the server's KDF parameters.
+    Passphrase(String),
+    /// A key derived in advance (`casataa-server user key`).
+    Key(UserKey),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Passphrase(_) => "Secret::Passphrase(..)",
+            Self::Key(_) => "Secret::Key(..)",
+        })
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `HOST:PORT` of the server's TCP listener.
+    pub server: String,
+    /// The user.
+    pub user: Name,
+    /// The passphrase or key.
+    pub secret: Secret,
+    /// This installation's device id.
+    pub device: DeviceId,
+    /// What kind of client this is.
+    pub kind: ClientKind,
+    /// What an earlier run knew: server id and highest delivered sequence number.
+    pub resume: Option<(ServerId, Seq)>,
+    /// How long connecting and logging in may take.
+    pub timeout: Duration,
+}
+
+/// What can go wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server could not be reached.
+    Unreachable(String, std::io::Error),
+    /// The server refused the login.
+    Refused(Refusal),
+    /// The server closed the connection.
+    Closed,
+    /// The connection failed.
+    Io(std::io::Error),
+    /// The server broke the protocol (or the key is wrong in a way it did not report).
+    Protocol(SessionError),
+    /// Connecting or logging in took too long.
+    Timeout,
+    /// The server refused a request.
+    Rejected(ErrorCode, String),
+    /// The server closed the session on purpose.
+    Kicked(CloseReason),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable(server, e) => write!(f, "cannot reach the server at {server}: {e}"),
+            Self::Refused(why) => write!(f, "login refused: {why}"),
+            Self::Closed => f.write_str("the server closed the connection"),
+            Self::Io(e) => write!(f, "connection failed: {e}"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Timeout => f.write_str("the server did not answer in time"),
+            Self::Rejected(code, detail) => write!(f, "refused ({code:?}): {detail}"),
+            Self::Kicked(reason) => write!(f, "the server closed the session ({reason:?})"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<SessionError> for ClientError {
+    fn from(e: SessionError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Something that arrived from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message.
+    Message(ServerMessage<'static>),
+    /// A piece of a file download.
+    Chunk {
+        /// The file.
+        file: u64,
+        /// Where the data goes.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+}
+
+/// A logged-in connection.
+pub struct Client {
+    session: Box<ClientSession<OUTBOX>>,
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    inbox: Vec<u8>,
+    out: Vec<u8>,
+    welcome: Welcome,
+    early: VecDeque<Event>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("user", &self.welcome.user).finish_non_exhaustive()
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    if getrandom::fill(&mut out).is_err() {
+        // No randomness, no safe key exchange.
+        std::process::abort();
+    }
+    out
+}
+
+impl Client {
+    /// Connects, logs in and waits for the welcome.
+    pub async fn connect(options: ConnectOptions) -> Result<Self, ClientError> {
+        let timeout = options.timeout;
+        tokio::time::timeout(timeout, Self::connect_inner(options)).await.map_err(|_| ClientError::Timeout)?
+    }
+
+    async fn connect_inner(options: ConnectOptions) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(&options.server)
+            .await
+            .map_err(|e| ClientError::Unreachable(options.server.clone(), e))?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let config = ClientConfig {
+            user: options.user.clone(),
+            device: options.device,
+            kind: options.kind,
+            max_frame: FRAME_MAX as u32,
+        };
+        let mut session = Box::new(ClientSession::new(config, random(), u64::from_le_bytes(random())));
+        if let Some((server_id, delivered)) = options.resume {
+            session.resume(server_id, delivered);
+        }
+        let mut client = Self {
+            session,
+            read,
+            write,
+            inbox: Vec::with_capacity(FRAME_MAX),
+            out: vec![0u8; FRAME_MAX],
+            welcome: placeholder_welcome(&options.user),
+            early: VecDeque::new(),
+        };
+        let n = client.session.start(&mut client.out)?;
+        client.write_frame(n).await?;
+        loop {
+            let mut frame = client.read_frame(HANDSHAKE_FRAME_MAX.max(FRAME_MAX)).await?;
+            match client.session.handle_frame(&mut frame)? {
+                Some(ClientEvent::KeyNeeded(params)) => {
+                    let key = match &options.secret {
+                        Secret::Key(key) => key.clone(),
+                        Secret::Passphrase(passphrase) => {
+                            let passphrase = passphrase.clone();
+                            tokio::task::spawn_blocking(move || derive_user_key(&passphrase, &params))
+                                .await
+                                .map_err(|e| ClientError::Io(std::io::Error::other(e)))?
+                        }
+                    };
+                    client.session.provide_key(&key)?;
+                    client.flush().await?;
+                }
+                Some(ClientEvent::Refused(why)) => return Err(ClientError::Refused(why)),
+                Some(ClientEvent::Received(ServerMessage::Welcome(welcome))) => {
+                    client.welcome = welcome;
+                    return Ok(client);
+                }
+                Some(ClientEvent::Received(_)) | None => {
+                    return Err(ClientError::Protocol(SessionError::Unexpected));
+                }
+            }
+        }
+    }
+
+    /// The server's welcome.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The highest sequence number received in the delivery stream.
+    pub fn delivered(&self) -> Seq {
+        self.session.delivered()
+    }
+
+    /// Messages sent but not yet stored.
+    pub fn unacknowledged(&self) -> usize {
+        self.session.outbox().len()
+    }
+
+    async fn write_frame(&mut self, len: usize) -> Result<(), ClientError> {
+        let frame = self.out.get(..len).ok_or(ClientError::Protocol(SessionError::Encode))?;
+        let mut bytes = Vec::with_capacity(len + 4);
+        bytes.extend_from_slice(&length_prefix(len));
+        bytes.extend_from_slice(frame);
+        self.write.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    /// Reads one whole frame. Cancel-safe: partial input stays buffered.
+    async fn read_frame(&mut self, max: usize) -> Result<Vec<u8>, ClientError> {
+        loop {
+            match decode_stream(&self.inbox, max)
+                .map_err(|e| ClientError::Protocol(SessionError::Frame(e)))?
+            {
+                StreamItem::Frame { frame, consumed } => {
+                    let out = self.inbox.get(frame).map(<[u8]>::to_vec).unwrap_or_default();
+                    self.inbox.drain(..consumed);
+                    return Ok(out);
+                }
+                StreamItem::NeedMore { .. } => {
+                    if self.read.read_buf(&mut self.inbox).await? == 0 {
+                        return Err(ClientError::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends whatever the session has ready: acknowledgements, pongs, queued messages.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        while let Some(n) = self.session.poll_transmit(&mut self.out)? {
+            self.write_frame(n).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a chat message; it goes out with the next [`Self::flush`] and stays in the
+    /// outbox until stored.
+    pub fn queue_message(&mut self, to: Target, body: Body) -> Result<ClientMsgId, ClientError> {
+        Ok(self.session.queue_message(to, body)?)
+    }
+
+    /// Sends any other request now.
+    pub async fn request(&mut self, message: &ClientMessage<'_>) -> Result<(), ClientError> {
+        let n = self.session.seal(message, &mut self.out)?;
+        self.write_frame(n).await
+    }
+
+    /// The next event from the server (duplicates and pings are handled inside).
+    /// Cancel-safe. Call [`Self::flush`] afterwards to acknowledge and answer.
+    pub async fn next_event(&mut self) -> Result<Event, ClientError> {
+        if let Some(event) = self.early.pop_front() {
+            return Ok(event);
+        }
+        loop {
+            let mut frame = self.read_frame(FRAME_MAX).await?;
+            match self.session.handle_frame(&mut frame)? {
+                Some(ClientEvent::Received(message)) => {
+                    return Ok(match message.into_owned() {
+                        Ok(message) => Event::Message(message),
+                        Err(chunk) => {
+                            Event::Chunk { file: chunk.file, offset: chunk.offset, data: chunk.data.to_vec() }
+                        }
+                    });
+                }
+                Some(ClientEvent::Refused(why)) => return Err(ClientError::Refused(why)),
+                Some(ClientEvent::KeyNeeded(_)) => {
+                    return Err(ClientError::Protocol(SessionError::Unexpected));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Sends a chat message and waits until the server has stored it; returns its
+    /// sequence number. Events that arrive meanwhile are kept for [`Self::next_event`].
+    pub async fn send_text(&mut self, to: Target, body: Body) -> Result<Seq, ClientError> {
+        let id = self.queue_message(to, body)?;
+        self.flush().await?;
+        self.wait_for(|event| match event {
+            Event::Message(ServerMessage::Stored { client_id, seq, .. }) if *client_id == id => {
+                Some(Ok(*seq))
+            }
+            Event::Message(ServerMessage::Error(report)) if report.about == id => {
+                Some(Err(ClientError::Rejected(report.code, report.detail.to_string())))
+            }
+            Event::Message(ServerMessage::Closing { reason }) => Some(Err(ClientError::Kicked(*reason))),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// Waits for the event `pick` accepts, keeping the others for later.
+    pub async fn wait_for<T>(&mut self, mut pick: impl FnMut(&Event) -> Option<T>) -> Result<T, ClientError> {
+        let mut skipped = VecDeque::new();
+        let result = loop {
+            let event = match self.next_event().await {
+                Ok(event) => event,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = self.flush().await {
+                break Err(e);
+            }
+            if let Some(found) = pick(&event) {
+                break Ok(found);
+            }
+            skipped.push_back(event);
+        };
+        skipped.append(&mut self.early);
+        self.early = skipped;
+        result
+    }
+
+    /// Closes the connection after flushing.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.flush().await?;
+        self.write.shutdown().await?;
+        Ok(())
+    }
+}
+
+fn placeholder_welcome(user: &Name) -> Welcome {
+    Welcome {
+        server_id: [0; 16],
+        server_name: heapless::String::new(),
+        user: user.clone(),
+        role: casataa_proto::types::Role::User,
+        now: 0,
+        cursor: 0,
+        limits: casataa_proto::message::Limits {
+            max_frame: 0,
+            max_body: 0,
+            max_file_size: 0,
+            user_quota: 0,
+            messages_per_sec: 0,
+            message_burst: 0,
+            idle_secs: 0,
+        },
+    }
+}
