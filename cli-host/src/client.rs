@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Unacknowledged messages one client keeps.
-pub const OUTBOX: usize = 256;
+pub const OUTBOX: usize = casataa_proto::limits::OUTBOX_DEFAULT;
 
 /// How the user proves who they are.
 #[derive(Clone)]
@@ -112,6 +112,7 @@ impl From<std::io::Error> for ClientError {
 
 /// Something that arrived from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "events are short-lived; boxing would only add an allocation")]
 pub enum Event {
     /// A message.
     Message(ServerMessage<'static>),

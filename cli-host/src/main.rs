@@ -469,11 +469,13 @@ async fn admin(session: &mut Session, command: &AdminCommand) -> anyhow::Result<
                 for event in &activity {
                     println!("{}", show_activity(event));
                 }
-                while *follow {
-                    if let Event::Message(ServerMessage::Activity(event)) = client.next_event().await? {
-                        println!("{}", show_activity(&event));
+                if *follow {
+                    loop {
+                        if let Event::Message(ServerMessage::Activity(event)) = client.next_event().await? {
+                            println!("{}", show_activity(&event));
+                        }
+                        client.flush().await?;
                     }
-                    client.flush().await?;
                 }
             }
             _ => println!("done"),

@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep, timeout};
 
 use crate::hub::{Hub, HubEvent, Registration};
 use crate::settings::Settings;
@@ -103,11 +103,11 @@ pub async fn serve(ctx: Context, mut reader: FrameReader, writer: FrameWriter, p
     let writer_task = tokio::spawn(run_writer(writer, Arc::clone(&queue)));
     let addr = peer.to_string();
     let outcome = match ctx.hub.begin_handshake(peer.ip()) {
-        Err(()) => {
+        None => {
             push_refusal(&queue, Refusal::Busy);
             None
         }
-        Ok(_slot) => {
+        Some(_slot) => {
             match timeout(ctx.settings.handshake_timeout, handshake(&ctx, &mut reader, &queue, peer)).await {
                 Ok(Ok(accepted)) => Some(accepted),
                 Ok(Err(HandshakeEnd::Refuse(refusal))) => {
@@ -396,15 +396,19 @@ impl Live<'_> {
         let stall = self.ctx.settings.write_stall;
         let mut last_heard = Instant::now();
         let mut ping_sent = false;
+        // Liveness checks on a steady tick, so a busy session still notices a stalled
+        // writer or a silent client.
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(250).min(stall / 4).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let closer = Arc::clone(&self.registration.closer);
         loop {
-            if self.backlog && self.queue.has_room() {
-                if let Err(end) = self.deliver_more().await {
-                    return end;
-                }
+            if self.backlog
+                && self.queue.has_room()
+                && let Err(end) = self.deliver_more().await
+            {
+                return end;
             }
-            let idle_check = if ping_sent { last_heard + idle } else { last_heard + idle / 2 };
-            let check_at = idle_check.min(Instant::now() + stall.min(Duration::from_secs(5)));
             let max_frame = self.ctx.settings.max_frame as usize;
             let step = tokio::select! {
                 biased;
@@ -440,7 +444,7 @@ impl Live<'_> {
                     Ok(())
                 }
                 () = self.queue.wait_for_room(), if self.backlog && !self.queue.has_room() => Ok(()),
-                () = sleep_until(check_at) => {
+                _ = tick.tick() => {
                     let now = Instant::now();
                     if self.queue.bytes() > 0 && self.queue.stalled_for() > stall {
                         Err(End::Closed(CloseReason::TooSlow))
@@ -822,7 +826,7 @@ impl Live<'_> {
                 self.create_user(user, role, passphrase).await?
             }
             AdminRequest::ListUsers { after } => {
-                let users = self.ctx.hub.store().read(|conn| store::users(conn)).await?;
+                let users = self.ctx.hub.store().read(store::users).await?;
                 let mut entries = Vec::new();
                 for (name, role, disabled) in users {
                     if after.as_ref().is_some_and(|after| &name <= after) {

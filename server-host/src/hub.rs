@@ -158,8 +158,8 @@ impl Drop for Registration {
 impl Hub {
     /// A hub over `store`, with room memberships loaded from it.
     pub async fn new(store: Store) -> Result<Arc<Self>, StoreError> {
-        let memberships = store.read(|conn| crate::store::memberships(conn)).await?;
-        let rooms = store.read(|conn| crate::store::rooms(conn)).await?;
+        let memberships = store.read(crate::store::memberships).await?;
+        let rooms = store.read(crate::store::rooms).await?;
         let mut state = State::default();
         for (room, _) in rooms {
             state.rooms.entry(room).or_default();
@@ -404,15 +404,15 @@ impl Hub {
         let _ = self.activity.send(event);
     }
 
-    /// Starts a handshake from `ip`: `Err` if too many are in progress from there.
-    pub fn begin_handshake(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakeGuard, ()> {
+    /// Starts a handshake from `ip`: `None` if too many are in progress from there.
+    pub fn begin_handshake(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeGuard> {
         let mut throttle = self.throttle();
         let count = throttle.in_flight.entry(ip).or_insert(0);
         if *count >= HANDSHAKES_PER_ADDRESS {
-            return Err(());
+            return None;
         }
         *count += 1;
-        Ok(HandshakeGuard { hub: Arc::clone(self), ip })
+        Some(HandshakeGuard { hub: Arc::clone(self), ip })
     }
 
     /// How long to wait before answering a failed login from `ip` (and records the

@@ -59,7 +59,7 @@ pub async fn bind(settings: Settings) -> anyhow::Result<Bound> {
 }
 
 async fn create_first_admin(store: &Store, iterations: u32) -> anyhow::Result<Option<String>> {
-    if store.read(|conn| store::user_count(conn)).await? > 0 {
+    if store.read(store::user_count).await? > 0 {
         return Ok(None);
     }
     let passphrase = generate_passphrase();
@@ -136,6 +136,10 @@ async fn accept_tcp(
             }
         };
         let _ = socket.set_nodelay(true);
+        // A fixed send buffer bounds the kernel memory of each connection, and lets a
+        // client that stops reading show up as a stalled queue instead of vanishing
+        // into megabytes of autotuned buffer.
+        let _ = socket2::SockRef::from(&socket).set_send_buffer_size(context.settings.socket_send_buffer);
         let (read, write) = socket.into_split();
         let reader = FrameReader::Tcp { half: read, buf: Vec::new() };
         let writer = FrameWriter::Tcp(write);

@@ -33,6 +33,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Bytes queued for one connection before it is cut off.
     pub out_queue_bytes: usize,
+    /// Kernel send buffer of each TCP connection.
+    pub socket_send_buffer: usize,
     /// Sustained chat messages per second per connection.
     pub messages_per_sec: u16,
     /// Burst above that.
@@ -60,6 +62,7 @@ impl Settings {
             login_failure_delay: Duration::from_millis(500),
             max_connections: 10_000,
             out_queue_bytes: 4 * 1024 * 1024,
+            socket_send_buffer: 256 * 1024,
             messages_per_sec: 20,
             message_burst: 60,
             max_file_size: 1 << 30,
@@ -100,6 +103,9 @@ impl Settings {
         if let Some(v) = file.out_queue_bytes {
             self.out_queue_bytes = v.max(FRAME_MAX * 2);
         }
+        if let Some(v) = file.socket_send_buffer {
+            self.socket_send_buffer = v.max(16 * 1024);
+        }
         if let Some(v) = file.messages_per_sec {
             self.messages_per_sec = v.max(1);
         }
@@ -134,6 +140,7 @@ struct FileConfig {
     login_failure_delay_ms: Option<u64>,
     max_connections: Option<usize>,
     out_queue_bytes: Option<usize>,
+    socket_send_buffer: Option<usize>,
     messages_per_sec: Option<u16>,
     message_burst: Option<u16>,
     max_file_size: Option<u64>,

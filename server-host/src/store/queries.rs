@@ -269,9 +269,7 @@ pub fn append(conn: &Connection, message: &NewMessage) -> Result<Appended, Store
 
 const MESSAGE_COLUMNS: &str = "seq, at, sender, client_id, room, dm_to, content";
 
-fn message_from_row(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, i64, String, i64, Option<String>, Option<String>, Vec<u8>)> {
+fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
 }
 

@@ -1,0 +1,271 @@
+//! Real server process, real SQLite, real sockets on 127.0.0.1.
+
+mod common;
+
+use std::time::Duration;
+
+use casataa_cli::client::{Client, ClientError, Event};
+use casataa_proto::handshake::Refusal;
+use casataa_proto::message::{
+    AdminRequest, AdminResult, ChatMessage, ClientMessage, CloseReason, Content, ErrorCode, ServerMessage,
+};
+use casataa_proto::types::Target;
+use common::{TestServer, name};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+fn general() -> Target {
+    Target::Room(name("general"))
+}
+
+fn text(m: &ChatMessage) -> &str {
+    match &m.content {
+        Content::Text(body) => body.as_str(),
+        Content::File(_) => "",
+    }
+}
+
+/// The next delivered chat message, skipping everything else.
+async fn next_delivery(client: &mut Client) -> ChatMessage {
+    timeout(
+        Duration::from_secs(10),
+        client.wait_for(|e| match e {
+            Event::Message(ServerMessage::Deliver(m)) => Some(m.clone()),
+            _ => None,
+        }),
+    )
+    .await
+    .expect("a delivery within 10 s")
+    .expect("connection alive")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_message_reaches_every_member() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false), ("carol", "pc", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let mut carol = server.connect("carol", "pc").await.unwrap();
+    let seq = alice.send_text(general(), "hello all".try_into().unwrap()).await.unwrap();
+    for client in [&mut alice, &mut bob, &mut carol] {
+        let m = next_delivery(client).await;
+        assert_eq!((m.seq, m.from.as_str(), text(&m)), (seq, "alice", "hello all"));
+        assert_eq!(m.to, general());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_waits_for_an_offline_recipient_and_is_shown_once() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false), ("carol", "pc", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let seq =
+        alice.send_text(Target::User(name("bob")), "while you were out".try_into().unwrap()).await.unwrap();
+
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let m = next_delivery(&mut bob).await;
+    assert_eq!((m.seq, m.from.as_str(), text(&m)), (seq, "alice", "while you were out"));
+    assert_eq!(m.to, Target::User(name("bob")));
+    bob.flush().await.unwrap();
+    bob.close().await.unwrap();
+
+    // Carol is not part of that conversation.
+    let mut carol = server.connect("carol", "pc").await.unwrap();
+    carol.request(&ClientMessage::Ping { nonce: 5 }).await.unwrap();
+    let got = timeout(
+        Duration::from_secs(5),
+        carol.wait_for(|e| match e {
+            Event::Message(ServerMessage::Deliver(m)) => Some(Some(m.clone())),
+            Event::Message(ServerMessage::Pong { nonce: 5 }) => Some(None),
+            _ => None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, None, "carol must not receive alice's direct message to bob");
+
+    // Bob acknowledged it: a new connection of the same device gets nothing again, but
+    // the next message arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    assert_eq!(bob.welcome().cursor, seq, "the server kept bob's cursor");
+    let next = alice.send_text(Target::User(name("bob")), "second".try_into().unwrap()).await.unwrap();
+    let m = next_delivery(&mut bob).await;
+    assert_eq!((m.seq, text(&m)), (next, "second"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passphrase_unknown_user_and_disabled_user_are_refused_alike() {
+    let server = TestServer::start(&[("alice", "pa", false), ("dora", "pd", false)]);
+    server.user_command(&["disable", "dora"]);
+    for (user, passphrase) in [("alice", "wrong"), ("nobody", "pa"), ("dora", "pd")] {
+        match server.connect(user, passphrase).await {
+            Err(ClientError::Refused(Refusal::AuthFailed)) => {}
+            other => panic!("{user}: expected the generic refusal, got {other:?}"),
+        }
+    }
+    server.user_command(&["enable", "dora"]);
+    assert!(server.connect("dora", "pd").await.is_ok(), "enabled again");
+    assert!(server.connect("alice", "pa").await.is_ok(), "the real user still gets in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_from_a_non_admin_are_refused_and_an_admin_can_kick() {
+    let server = TestServer::start(&[("root", "pr", true), ("bob", "pb", false)]);
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    for (req, request) in [
+        (1, AdminRequest::Kick { user: name("root") }),
+        (2, AdminRequest::SetDisabled { user: name("root"), disabled: true }),
+        (
+            3,
+            AdminRequest::CreateUser {
+                user: name("eve"),
+                role: casataa_proto::types::Role::Admin,
+                passphrase: None,
+            },
+        ),
+        (4, AdminRequest::Watch { sessions: true, activity: true }),
+        (5, AdminRequest::ListUsers { after: None }),
+    ] {
+        bob.request(&ClientMessage::Admin { req, request }).await.unwrap();
+        let result = bob
+            .wait_for(|e| match e {
+                Event::Message(ServerMessage::AdminResult { req: r, result }) if *r == req => {
+                    Some(result.clone())
+                }
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(result, AdminResult::Failed(ErrorCode::Forbidden));
+    }
+
+    let mut root = server.connect("root", "pr").await.unwrap();
+    root.request(&ClientMessage::Admin { req: 9, request: AdminRequest::Kick { user: name("bob") } })
+        .await
+        .unwrap();
+    let closing = timeout(
+        Duration::from_secs(5),
+        bob.wait_for(|e| match e {
+            Event::Message(ServerMessage::Closing { reason }) => Some(*reason),
+            _ => None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(closing, CloseReason::Kicked);
+    let result = root
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::AdminResult { req: 9, result }) => Some(result.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(result, AdminResult::Done);
+    // Creating a user works for the admin and the new user can log in.
+    let request = AdminRequest::CreateUser {
+        user: name("erin"),
+        role: casataa_proto::types::Role::User,
+        passphrase: None,
+    };
+    root.request(&ClientMessage::Admin { req: 10, request }).await.unwrap();
+    let result = root
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::AdminResult { req: 10, result }) => Some(result.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let AdminResult::UserCreated { passphrase: Some(passphrase), .. } = result else {
+        panic!("expected a generated passphrase, got {result:?}");
+    };
+    assert!(server.connect("erin", &passphrase).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversize_frames_close_only_that_connection() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    for attack in [
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],         // negative-looking length
+        vec![0x00, 0x10, 0x00, 0x00],                  // over the limit
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), // garbage
+        vec![0, 0, 0, 3, 0x07, 0x07, 0x07],            // unknown frame kind
+    ] {
+        let mut socket = TcpStream::connect(&server.tcp).await.unwrap();
+        socket.write_all(&attack).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read =
+            timeout(Duration::from_secs(5), socket.read(&mut buf)).await.expect("the server closes it");
+        // Either a refusal frame then EOF, or EOF at once: never an open connection.
+        if let Ok(n) = read
+            && n > 0
+        {
+            let rest = timeout(Duration::from_secs(5), socket.read(&mut buf)).await.unwrap();
+            assert!(matches!(rest, Ok(0) | Err(_)), "closed after the refusal");
+        }
+    }
+    let seq = alice.send_text(general(), "still here".try_into().unwrap()).await.unwrap();
+    let m = next_delivery(&mut bob).await;
+    assert_eq!((m.seq, text(&m)), (seq, "still here"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_never_completes_times_out() {
+    let server = TestServer::start(&[("alice", "pa", false)]);
+    let mut socket = TcpStream::connect(&server.tcp).await.unwrap();
+    socket.write_all(&[0, 0, 0]).await.unwrap(); // part of a length prefix, then silence
+    let mut buf = [0u8; 16];
+    let started = std::time::Instant::now();
+    let read = timeout(Duration::from_secs(10), socket.read(&mut buf)).await.expect("closed within 10 s");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the deadline (2 s) applied, not an instant close"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_while_others_keep_chatting() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false), ("slow", "ps", false)]);
+    let slow = server.connect("slow", "ps").await.unwrap(); // logged in, then never reads
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let big = "x".repeat(2000);
+    // Enough to fill the slow client's socket buffers and the server's queue for it.
+    let mut last = 0;
+    for _ in 0..1500 {
+        last = alice.send_text(general(), big.as_str().try_into().unwrap()).await.unwrap();
+        // Bob keeps reading, in order, and is never cut off.
+        let m = next_delivery(&mut bob).await;
+        assert_eq!(m.seq, last);
+        bob.flush().await.unwrap();
+    }
+    // The slow client is cut off (write stall 2 s) and its session is gone.
+    let admin_view = async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut who = server.connect("bob", "pb").await.unwrap();
+            who.request(&ClientMessage::ListOnline).await.unwrap();
+            let online = who
+                .wait_for(|e| match e {
+                    Event::Message(ServerMessage::Online { users, .. }) => Some(users.clone()),
+                    _ => None,
+                })
+                .await
+                .unwrap();
+            if !online.iter().any(|p| p.user.as_str() == "slow") {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(admin_view.await, "the client that stopped reading was disconnected");
+    drop(slow);
+    // And the store kept its messages: a reconnect of the slow device catches up.
+    let mut slow = server.connect("slow", "ps").await.unwrap();
+    let first = next_delivery(&mut slow).await;
+    assert!(first.seq <= last);
+}

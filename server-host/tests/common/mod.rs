@@ -1,0 +1,173 @@
+//! A real server process on 127.0.0.1 with its own data directory, and clients for it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use casataa_cli::client::{Client, ConnectOptions, Secret};
+use casataa_proto::types::{ClientKind, Name};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Test settings: cheap key derivation, short timeouts.
+pub const CONFIG: &str = "
+kdf_iterations = 10000
+login_failure_delay_ms = 200
+handshake_timeout_secs = 2
+idle_secs = 30
+write_stall_secs = 2
+out_queue_bytes = 262144
+messages_per_sec = 1000
+message_burst = 1000
+";
+
+pub struct TestServer {
+    pub data: PathBuf,
+    pub tcp: String,
+    pub http: String,
+    child: Option<Child>,
+}
+
+fn server_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_casataa-server")
+}
+
+impl TestServer {
+    /// A fresh data directory with `users` (name, passphrase, admin) and a running server.
+    pub fn start(users: &[(&str, &str, bool)]) -> Self {
+        Self::start_with(users, "")
+    }
+
+    pub fn start_with(users: &[(&str, &str, bool)], extra_config: &str) -> Self {
+        let data = std::env::temp_dir().join(format!(
+            "casataa-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("casataa.toml"), format!("{CONFIG}\n{extra_config}")).unwrap();
+        let mut server = Self { data, tcp: String::new(), http: String::new(), child: None };
+        for (name, passphrase, admin) in users {
+            server.add_user(name, passphrase, *admin);
+        }
+        server.spawn();
+        server
+    }
+
+    pub fn add_user(&self, name: &str, passphrase: &str, admin: bool) {
+        let mut command = Command::new(server_binary());
+        command.arg("--data").arg(&self.data).args(["user", "add", name, "--passphrase-stdin"]);
+        if admin {
+            command.arg("--admin");
+        }
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        writeln!(child.stdin.take().unwrap(), "{passphrase}").unwrap();
+        assert!(child.wait().unwrap().success(), "user add {name}");
+    }
+
+    pub fn user_command(&self, args: &[&str]) -> String {
+        let out = Command::new(server_binary())
+            .arg("--data")
+            .arg(&self.data)
+            .arg("user")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "user {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts the server process and waits for its addresses.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(server_binary())
+            .arg("--data")
+            .arg(&self.data)
+            .args(["serve", "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut tcp, mut http) = (None, None);
+        while tcp.is_none() || http.is_none() {
+            let line = lines.next().expect("server printed its addresses").unwrap();
+            if let Some(addr) = line.trim().strip_prefix("device port:") {
+                tcp = Some(addr.trim().to_owned());
+            }
+            if let Some(url) = line.trim().strip_prefix("web page:") {
+                http = Some(url.trim().trim_start_matches("http://").trim_end_matches('/').to_owned());
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.tcp = tcp.unwrap_or_default();
+        self.http = http.unwrap_or_default();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        child.wait().unwrap()
+    }
+
+    pub async fn connect(&self, user: &str, passphrase: &str) -> Result<Client, casataa_cli::ClientError> {
+        self.connect_device(user, passphrase, device_for(user)).await
+    }
+
+    pub async fn connect_device(
+        &self,
+        user: &str,
+        passphrase: &str,
+        device: [u8; 16],
+    ) -> Result<Client, casataa_cli::ClientError> {
+        Client::connect(ConnectOptions {
+            server: self.tcp.clone(),
+            user: Name::new(user).unwrap(),
+            secret: Secret::Passphrase(passphrase.to_owned()),
+            device,
+            kind: ClientKind::Cli,
+            resume: None,
+            timeout: Duration::from_secs(20),
+        })
+        .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// A stable device id per user name, so reconnects resume the same cursor.
+pub fn device_for(user: &str) -> [u8; 16] {
+    let mut device = [0u8; 16];
+    for (i, b) in user.bytes().enumerate() {
+        device[i % 16] ^= b;
+    }
+    device[15] = 0xde;
+    device
+}
+
+pub fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
