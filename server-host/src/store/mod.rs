@@ -283,6 +283,11 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Job>, latest: watch::S
                 (completions, Err(e))
             }
         };
+        // Callers first (a sender hears "stored" before the delivery wakes anyone),
+        // then the sessions waiting for new messages.
+        for completion in completions {
+            completion(result.as_ref().map(|_| ()));
+        }
         if result.is_ok()
             && let Ok(seq) = queries::latest_seq(&conn)
         {
@@ -291,9 +296,6 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Job>, latest: watch::S
                 *current = (*current).max(seq);
                 changed
             });
-        }
-        for completion in completions {
-            completion(result.as_ref().map(|_| ()));
         }
     }
 }

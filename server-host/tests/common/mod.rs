@@ -50,7 +50,15 @@ impl TestServer {
         ));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(data.join("casataa.toml"), format!("{CONFIG}\n{extra_config}")).unwrap();
+        // Keys in `extra_config` replace the defaults above.
+        let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_owned();
+        let overridden: Vec<String> = extra_config.lines().map(key).filter(|k| !k.is_empty()).collect();
+        let base: String = CONFIG
+            .lines()
+            .filter(|line| !overridden.contains(&key(line)))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        std::fs::write(data.join("casataa.toml"), format!("{base}{extra_config}\n")).unwrap();
         let mut server = Self { data, tcp: String::new(), http: String::new(), child: None };
         for (name, passphrase, admin) in users {
             server.add_user(name, passphrase, *admin);
