@@ -84,22 +84,26 @@ enum AdminCommand {
     /// Close every session of a user.
     Kick {
         /// The user.
-        user: String,
+        #[arg(value_name = "USER")]
+        name: String,
     },
     /// Disable a user (and close their sessions).
     Disable {
         /// The user.
-        user: String,
+        #[arg(value_name = "USER")]
+        name: String,
     },
     /// Enable a user.
     Enable {
         /// The user.
-        user: String,
+        #[arg(value_name = "USER")]
+        name: String,
     },
     /// Create a user; prints the generated passphrase.
     Create {
         /// The new user.
-        user: String,
+        #[arg(value_name = "USER")]
+        name: String,
         /// Make them an admin.
         #[arg(long)]
         admin: bool,
@@ -416,10 +420,14 @@ async fn admin(session: &mut Session, command: &AdminCommand) -> anyhow::Result<
     let request = match command {
         AdminCommand::Who => AdminRequest::Watch { sessions: true, activity: false },
         AdminCommand::Log { .. } => AdminRequest::Watch { sessions: false, activity: true },
-        AdminCommand::Kick { user } => AdminRequest::Kick { user: name(user)? },
-        AdminCommand::Disable { user } => AdminRequest::SetDisabled { user: name(user)?, disabled: true },
-        AdminCommand::Enable { user } => AdminRequest::SetDisabled { user: name(user)?, disabled: false },
-        AdminCommand::Create { user, admin } => AdminRequest::CreateUser {
+        AdminCommand::Kick { name: user } => AdminRequest::Kick { user: name(user)? },
+        AdminCommand::Disable { name: user } => {
+            AdminRequest::SetDisabled { user: name(user)?, disabled: true }
+        }
+        AdminCommand::Enable { name: user } => {
+            AdminRequest::SetDisabled { user: name(user)?, disabled: false }
+        }
+        AdminCommand::Create { name: user, admin } => AdminRequest::CreateUser {
             user: name(user)?,
             role: if *admin { Role::Admin } else { Role::User },
             passphrase: None,

@@ -1,0 +1,102 @@
+//! The `casataa` command-line client as a process against a real server.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::TestServer;
+
+fn casataa() -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_casataa-server")).with_file_name("casataa");
+    assert!(path.exists(), "{} is missing: build the workspace (cargo xtask test does)", path.display());
+    path
+}
+
+fn run(server: &TestServer, state: &std::path::Path, user: &str, passphrase: &str, args: &[&str]) -> Output {
+    Command::new(casataa())
+        .args(["--server", &server.tcp, "--user", user, "--state"])
+        .arg(state)
+        .args(args)
+        .env("CASATAA_PASSPHRASE", passphrase)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn send_then_tail_shows_each_message_once_across_runs() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let state = server.data.join("client-state");
+    stdout(&run(&server, &state, "alice", "pa", &["send", "--to", "#general", "hello", "\"world\""]));
+    stdout(&run(&server, &state, "alice", "pa", &["send", "--to", "@bob", "just", "for", "bob"]));
+
+    let first =
+        stdout(&run(&server, &state, "bob", "pb", &["tail", "--json", "--count", "2", "--for", "10"]));
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines.len(), 2, "{first}");
+    assert!(lines[0].starts_with(
+        "{\"seq\":1,\"from\":\"alice\",\"to\":\"#general\",\"text\":\"hello \\\"world\\\"\",\"sent_at\":"
+    ));
+    assert!(
+        lines[1].starts_with(
+            "{\"seq\":2,\"from\":\"alice\",\"to\":\"@bob\",\"text\":\"just for bob\",\"sent_at\":"
+        )
+    );
+
+    // The second run continues where the first stopped: nothing twice.
+    let again = stdout(&run(&server, &state, "bob", "pb", &["tail", "--json", "--for", "1"]));
+    assert_eq!(again, "", "nothing is shown twice");
+
+    stdout(&run(&server, &state, "alice", "pa", &["send", "--to", "#general", "third"]));
+    let third =
+        stdout(&run(&server, &state, "bob", "pb", &["tail", "--json", "--count", "1", "--for", "10"]));
+    assert!(third.starts_with("{\"seq\":3,"), "{third}");
+
+    let who = stdout(&run(&server, &state, "bob", "pb", &["who", "--json"]));
+    assert!(who.contains("{\"user\":\"bob\",\"online\":true,\"client\":\"Cli\"}"), "{who}");
+}
+
+#[test]
+fn failures_exit_non_zero_with_one_clear_line() {
+    let server = TestServer::start(&[("alice", "pa", false)]);
+    let state = server.data.join("client-state");
+    let wrong = run(&server, &state, "alice", "nope", &["send", "--to", "#general", "x"]);
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("login refused"), "{stderr}");
+
+    let mut unreachable = TestServer::start(&[]);
+    unreachable.kill();
+    let out = run(&unreachable, &state, "alice", "pa", &["tail", "--for", "1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot reach the server"), "{stderr}");
+
+    let bad_target = run(&server, &state, "alice", "pa", &["send", "--to", "general", "x"]);
+    assert!(!bad_target.status.success());
+    assert!(String::from_utf8_lossy(&bad_target.stderr).contains("'#room' or '@user'"));
+}
+
+#[test]
+fn admin_commands_work_for_admins_only() {
+    let server = TestServer::start(&[("root", "pr", true), ("bob", "pb", false)]);
+    let state = server.data.join("client-state");
+    let created = stdout(&run(&server, &state, "root", "pr", &["admin", "create", "carol"]));
+    let passphrase =
+        created.lines().find_map(|l| l.strip_prefix("passphrase: ")).expect("a passphrase").to_owned();
+    stdout(&run(&server, &state, "carol", &passphrase, &["send", "--to", "#general", "hi"]));
+    let log = stdout(&run(&server, &state, "root", "pr", &["admin", "log"]));
+    assert!(log.contains("UserCreated") && log.contains("carol"), "{log}");
+    let denied = run(&server, &state, "bob", "pb", &["admin", "kick", "root"]);
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Forbidden"));
+    stdout(&run(&server, &state, "root", "pr", &["admin", "disable", "carol"]));
+    assert!(!run(&server, &state, "carol", &passphrase, &["send", "--to", "#general", "x"]).status.success());
+}
