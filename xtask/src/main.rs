@@ -5,8 +5,8 @@
 //!   browser, and a short fuzzing pass. It installs what it needs (rustup targets and
 //!   components, cargo-fuzz) on a fresh machine.
 //! - `cargo xtask fuzz [--secs N] [TARGET...]`: runs the cargo-fuzz targets.
-//! - `cargo xtask bench`: the criterion benchmarks.
-//! - `cargo xtask run`: starts Casataa (arrives with the host server).
+//! - `cargo xtask bench [proto|load]`: the criterion benchmarks and the load generator.
+//! - `cargo xtask run`: builds and starts the server.
 
 use std::env;
 use std::ffi::OsStr;
@@ -29,9 +29,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("fuzz") => parse_fuzz_args(&args[1..]).and_then(|(secs, targets)| fuzz(secs, &targets)),
         Some("bench") => bench(&args[1..]),
-        Some("run") => Err("the host server is not part of this checkout yet: `cargo xtask run` starts it \
-                            once `server-host/` exists"
-            .to_owned()),
+        Some("run") => run_server(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -54,8 +52,8 @@ fn print_help() {
 Commands:
   test                  formatting, clippy -D warnings, all tests, no_std builds, short fuzz pass
   fuzz [--secs N] [T..] run the fuzz targets (default: all, 60 s each)
-  bench [ARGS..]        run the criterion benchmarks (ARGS go to the bench binaries)
-  run                   start Casataa (with the host server)"
+  bench [proto|load]    criterion benchmarks of the protocol; load test of a real server
+  run [ARGS..]          build and start the server (ARGS go to `casataa-server serve`)"
     );
 }
 
@@ -244,13 +242,54 @@ fn fuzz(secs: u32, targets: &[String]) -> Result {
     Ok(())
 }
 
+/// `cargo xtask bench [proto|load] [ARGS..]`: the criterion benchmarks of the protocol
+/// crate, and the load generator against a real server (table on stdout, JSON in
+/// `$CARGO_TARGET_DIR/bench/load.json`). Without a selector, both.
 fn bench(args: &[String]) -> Result {
-    let mut cargo_args = vec!["bench".to_owned(), "--package".to_owned(), "casataa-proto".to_owned()];
-    if !args.is_empty() {
-        cargo_args.push("--".to_owned());
-        cargo_args.extend(args.iter().cloned());
+    let (which, rest) = match args.first().map(String::as_str) {
+        Some("proto") => ("proto", &args[1..]),
+        Some("load") => ("load", &args[1..]),
+        _ => ("all", args),
+    };
+    if which != "load" {
+        let mut cargo_args = vec!["bench".to_owned(), "--package".to_owned(), "casataa-proto".to_owned()];
+        if which == "proto" && !rest.is_empty() {
+            cargo_args.push("--".to_owned());
+            cargo_args.extend(rest.iter().cloned());
+        }
+        run(&cargo(), &cargo_args)?;
     }
-    run(&cargo(), &cargo_args)
+    if which != "proto" {
+        run(&cargo(), ["build", "--release", "--package", "casataa-server", "--package", "casataa-cli"])?;
+        let target_dir =
+            env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from);
+        let release = target_dir.join("release");
+        let json = target_dir.join("bench").join("load.json");
+        let mut load_args = vec![
+            "--server-bin".to_owned(),
+            release.join("casataa-server").to_string_lossy().into_owned(),
+            "--json".to_owned(),
+            json.to_string_lossy().into_owned(),
+        ];
+        if which == "load" {
+            load_args.extend(rest.iter().cloned());
+        }
+        run(&release.join("casataa-load").to_string_lossy(), &load_args)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask run [ARGS..]`: builds the server and the command-line client in release
+/// mode and starts the server (`serve ARGS`) with the data in `./casataa-data`.
+fn run_server(args: &[String]) -> Result {
+    run(&cargo(), ["build", "--release", "--package", "casataa-server", "--package", "casataa-cli"])?;
+    let target_dir =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from);
+    let server = target_dir.join("release").join("casataa-server");
+    let mut server_args = vec!["serve".to_owned()];
+    server_args.extend(args.iter().cloned());
+    eprintln!("\nxtask: the command-line client is {}", target_dir.join("release").join("casataa").display());
+    run(&server.to_string_lossy(), &server_args)
 }
 
 #[cfg(test)]

@@ -1,0 +1,406 @@
+//! `casataa-load`: the load generator behind `cargo xtask bench`.
+//!
+//! It starts a real `casataa-server` on 127.0.0.1 with a scratch data directory, then
+//! measures with real clients (the host client library):
+//! - fan-out throughput: N clients in one room, each sending its next message as soon
+//!   as the previous one is stored; deliveries per second, counting every recipient;
+//! - end-to-end latency and sender acknowledgement latency (p50/p99) at a fixed rate;
+//! - handshakes per second (key provided, so the passphrase KDF is not measured);
+//! - resident memory of the server per idle connection.
+//!
+//! It prints a table and writes the figures as JSON. All traffic stays on loopback and
+//! every phase is bounded in count and time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use casataa_cli::client::{Client, ConnectOptions, Event, Secret};
+use casataa_proto::handshake::UserKey;
+use casataa_proto::message::{AdminRequest, AdminResult, ClientMessage, Content, ServerMessage};
+use casataa_proto::types::{ClientKind, Name, Role, Target};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "casataa-load", about = "Load generator for Casataa")]
+struct Args {
+    /// The server binary to start.
+    #[arg(long)]
+    server_bin: PathBuf,
+    /// Write the figures here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Room sizes for the throughput and latency runs.
+    #[arg(long, value_delimiter = ',', default_value = "10,100")]
+    clients: Vec<usize>,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Messages per second sent in the latency runs.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Idle connections for the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Connections for the handshake measurement.
+    #[arg(long, default_value_t = 500)]
+    handshakes: usize,
+}
+
+const PASSPHRASE: &str = "load-test-passphrase";
+
+struct Server {
+    child: Child,
+    tcp: String,
+    data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn start_server(bin: &Path) -> anyhow::Result<Server> {
+    let data = std::env::temp_dir().join(format!("casataa-load-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(
+        data.join("casataa.toml"),
+        "kdf_iterations = 10000\nmessages_per_sec = 65535\nmessage_burst = 65535\nmax_connections = 20000\n\
+         login_failure_delay_ms = 10\nidle_secs = 600\n",
+    )?;
+    let mut add = Command::new(bin)
+        .arg("--data")
+        .arg(&data)
+        .args(["user", "add", "bench", "--admin", "--passphrase-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot run the server binary")?;
+    writeln!(add.stdin.take().context("stdin")?, "{PASSPHRASE}")?;
+    if !add.wait()?.success() {
+        bail!("cannot create the bench user");
+    }
+    let mut child = Command::new(bin)
+        .arg("--data")
+        .arg(&data)
+        .args(["serve", "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let tcp = loop {
+        let line = lines.next().context("the server exited")??;
+        if let Some(addr) = line.trim().strip_prefix("device port:") {
+            break addr.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server { child, tcp, data })
+}
+
+fn name(s: &str) -> anyhow::Result<Name> {
+    Name::new(s).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn device(i: usize) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    d[8] = 0xb0;
+    d
+}
+
+async fn connect(server: &str, user: &str, secret: Secret, i: usize) -> anyhow::Result<Client> {
+    Ok(Client::connect(ConnectOptions {
+        server: server.to_owned(),
+        user: name(user)?,
+        secret,
+        device: device(i),
+        kind: ClientKind::Cli,
+        resume: None,
+        timeout: Duration::from_secs(60),
+    })
+    .await?)
+}
+
+async fn create_users(admin: &mut Client, count: usize) -> anyhow::Result<()> {
+    for i in 0..count {
+        let request = AdminRequest::CreateUser {
+            user: name(&format!("load{i}"))?,
+            role: Role::User,
+            passphrase: Some(PASSPHRASE.try_into().map_err(|_| anyhow::anyhow!("passphrase"))?),
+        };
+        admin.request(&ClientMessage::Admin { req: i as u32, request }).await?;
+    }
+    let mut done = 0;
+    while done < count {
+        if let Event::Message(ServerMessage::AdminResult { result, .. }) = admin.next_event().await? {
+            if let AdminResult::Failed(code) = result {
+                bail!("creating a user failed: {code:?}");
+            }
+            done += 1;
+        }
+        admin.flush().await?;
+    }
+    Ok(())
+}
+
+fn user_key(bin: &Path, data: &Path, user: &str) -> anyhow::Result<UserKey> {
+    let out = Command::new(bin).arg("--data").arg(data).args(["user", "key", user]).output()?;
+    let hex = String::from_utf8(out.stdout)?;
+    let hex = hex.trim();
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2).context("key too short")?, 16)?;
+    }
+    Ok(UserKey(key))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(index).copied().unwrap_or(f64::NAN)
+}
+
+fn general() -> anyhow::Result<Target> {
+    Ok(Target::Room(name("general")?))
+}
+
+/// Every client sends its next message once the previous one is stored, and counts what
+/// it receives.
+async fn throughput(server: &str, n: usize, seconds: f64) -> anyhow::Result<f64> {
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(connect(server, &format!("load{i}"), Secret::Passphrase(PASSPHRASE.into()), i).await?);
+    }
+    let delivered = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        let (delivered, counting, stop) = (Arc::clone(&delivered), Arc::clone(&counting), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let target = general()?;
+            client.queue_message(
+                target.clone(),
+                "x".repeat(100).as_str().try_into().map_err(|_| anyhow::anyhow!("body"))?,
+            )?;
+            client.flush().await?;
+            while !stop.load(Ordering::Relaxed) {
+                let event = match tokio::time::timeout(Duration::from_millis(200), client.next_event()).await
+                {
+                    Ok(event) => event?,
+                    Err(_) => continue,
+                };
+                match event {
+                    Event::Message(ServerMessage::Deliver(_)) if counting.load(Ordering::Relaxed) => {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Event::Message(ServerMessage::Stored { .. }) if !stop.load(Ordering::Relaxed) => {
+                        client.queue_message(
+                            target.clone(),
+                            "x".repeat(100).as_str().try_into().map_err(|_| anyhow::anyhow!("body"))?,
+                        )?;
+                    }
+                    _ => {}
+                }
+                client.flush().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let count = delivered.load(Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    Ok(count as f64 / elapsed)
+}
+
+struct Latency {
+    e2e_p50_ms: f64,
+    e2e_p99_ms: f64,
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
+    samples: usize,
+}
+
+/// One sender at a fixed rate; every client measures how long each message took.
+async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Result<Latency> {
+    let base = Instant::now();
+    let mut receivers = Vec::new();
+    for i in 1..n {
+        receivers.push(
+            connect(server, &format!("load{i}"), Secret::Passphrase(PASSPHRASE.into()), 10_000 + i).await?,
+        );
+    }
+    let mut sender = connect(server, "load0", Secret::Passphrase(PASSPHRASE.into()), 20_000).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for mut client in receivers {
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let event = match tokio::time::timeout(Duration::from_millis(200), client.next_event()).await
+                {
+                    Ok(event) => event?,
+                    Err(_) => continue,
+                };
+                if let Event::Message(ServerMessage::Deliver(m)) = event
+                    && let Content::Text(body) = &m.content
+                    && let Some(sent) =
+                        body.strip_prefix("t=").and_then(|t| t.split(' ').next()?.parse::<u64>().ok())
+                {
+                    let now = base.elapsed().as_nanos() as u64;
+                    samples.push(now.saturating_sub(sent) as f64 / 1e6);
+                }
+                client.flush().await?;
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut ack_samples = Vec::new();
+    let mut sent_at = std::collections::HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut ticker = tokio::time::interval(interval);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let target = general()?;
+    while Instant::now() < end {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = base.elapsed().as_nanos() as u64;
+                let body = format!("t={now} {}", "x".repeat(80));
+                let id = sender.queue_message(target.clone(), body.as_str().try_into().map_err(|_| anyhow::anyhow!("body"))?)?;
+                sent_at.insert(id, Instant::now());
+            }
+            event = sender.next_event() => {
+                if let Event::Message(ServerMessage::Stored { client_id, .. }) = event?
+                    && let Some(at) = sent_at.remove(&client_id)
+                {
+                    ack_samples.push(at.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        sender.flush().await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut e2e = Vec::new();
+    for task in tasks {
+        e2e.extend(task.await??);
+    }
+    e2e.sort_by(f64::total_cmp);
+    ack_samples.sort_by(f64::total_cmp);
+    Ok(Latency {
+        e2e_p50_ms: percentile(&e2e, 0.5),
+        e2e_p99_ms: percentile(&e2e, 0.99),
+        ack_p50_ms: percentile(&ack_samples, 0.5),
+        ack_p99_ms: percentile(&ack_samples, 0.99),
+        samples: e2e.len(),
+    })
+}
+
+async fn handshakes(server: &str, key: &UserKey, count: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let per_task = count.div_ceil(8);
+    for t in 0..8 {
+        let (server, key) = (server.to_owned(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let client =
+                    connect(&server, "load0", Secret::Key(key.clone()), 30_000 + t * per_task + i).await?;
+                client.close().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok((per_task * 8) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
+}
+
+async fn idle_memory(server: &Server, key: &UserKey, count: usize) -> anyhow::Result<f64> {
+    let before = rss_kib(server.child.id())?;
+    let mut clients = Vec::new();
+    for i in 0..count {
+        clients.push(connect(&server.tcp, "load0", Secret::Key(key.clone()), 40_000 + i).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(server.child.id())?;
+    drop(clients);
+    Ok((after.saturating_sub(before)) as f64 * 1024.0 / count as f64)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = start_server(&args.server_bin)?;
+    let max_n = args.clients.iter().copied().max().unwrap_or(10);
+    let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
+    create_users(&mut admin, max_n).await?;
+    let key = user_key(&args.server_bin, &server.data, "load0")?;
+
+    let mut json = String::from("{\n");
+    println!("{:<44} {:>14}", "measurement", "value");
+    for &n in &args.clients {
+        let rate = throughput(&server.tcp, n, args.seconds).await?;
+        println!("{:<44} {:>14.0}", format!("deliveries/s, {n} clients in one room"), rate);
+        json.push_str(&format!("  \"deliveries_per_sec_n{n}\": {rate:.1},\n"));
+    }
+    for &n in &args.clients {
+        let l = latency(&server.tcp, n, args.rate, args.seconds).await?;
+        let label = format!("{n} clients, {} msg/s", args.rate);
+        println!("{:<44} {:>11.2} ms", format!("end-to-end p50, {label}"), l.e2e_p50_ms);
+        println!("{:<44} {:>11.2} ms", format!("end-to-end p99, {label}"), l.e2e_p99_ms);
+        println!("{:<44} {:>11.2} ms", format!("stored ack p50, {label}"), l.ack_p50_ms);
+        println!("{:<44} {:>11.2} ms", format!("stored ack p99, {label}"), l.ack_p99_ms);
+        json.push_str(&format!(
+            "  \"latency_n{n}\": {{\"rate\": {}, \"e2e_p50_ms\": {:.3}, \"e2e_p99_ms\": {:.3}, \"ack_p50_ms\": {:.3}, \"ack_p99_ms\": {:.3}, \"samples\": {}}},\n",
+            args.rate, l.e2e_p50_ms, l.e2e_p99_ms, l.ack_p50_ms, l.ack_p99_ms, l.samples
+        ));
+    }
+    let hs = handshakes(&server.tcp, &key, args.handshakes).await?;
+    println!("{:<44} {:>14.0}", "handshakes/s (8 concurrent, key provided)", hs);
+    let per_conn = idle_memory(&server, &key, args.idle).await?;
+    println!(
+        "{:<44} {:>11.1} KiB",
+        format!("server RSS per idle connection ({})", args.idle),
+        per_conn / 1024.0
+    );
+    json.push_str(&format!(
+        "  \"handshakes_per_sec\": {hs:.1},\n  \"rss_bytes_per_idle_connection\": {per_conn:.0},\n"
+    ));
+    json.push_str(&format!("  \"idle_connections\": {}\n}}\n", args.idle));
+    if let Some(path) = &args.json {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, &json)?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(())
+}
