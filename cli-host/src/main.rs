@@ -329,6 +329,15 @@ async fn chat(session: &mut Session) -> anyhow::Result<()> {
         }
         session.client.flush().await?;
     }
+    // Leave only once everything typed is stored (or the server stops answering).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while session.client.unacknowledged() > 0 {
+        match tokio::time::timeout_at(deadline, session.client.next_event()).await {
+            Ok(event) => show_event(&event?),
+            Err(_) => bail!("{} messages were not confirmed as stored", session.client.unacknowledged()),
+        }
+        session.client.flush().await?;
+    }
     Ok(())
 }
 

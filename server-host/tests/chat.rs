@@ -269,3 +269,152 @@ async fn a_client_that_stops_reading_is_cut_off_while_others_keep_chatting() {
     let first = next_delivery(&mut slow).await;
     assert!(first.seq <= last);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_history_typing_and_presence() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let project = name("project-x");
+
+    alice.request(&ClientMessage::CreateRoom { room: project.clone() }).await.unwrap();
+    let joined = alice
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::RoomJoined { room }) => Some(room.clone()),
+            Event::Message(ServerMessage::Error(e)) => panic!("{e:?}"),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(joined, project);
+    // Bob is not a member yet: posting there is refused.
+    let refused = bob.send_text(Target::Room(project.clone()), "let me in".try_into().unwrap()).await;
+    assert!(matches!(refused, Err(ClientError::Rejected(ErrorCode::Forbidden, _))), "{refused:?}");
+    bob.request(&ClientMessage::JoinRoom { room: project.clone() }).await.unwrap();
+    bob.wait_for(|e| matches!(e, Event::Message(ServerMessage::RoomJoined { .. })).then_some(()))
+        .await
+        .unwrap();
+
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(
+            alice
+                .send_text(Target::Room(project.clone()), format!("m{i}").as_str().try_into().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    // History: the newest three, then the two before them.
+    let page = |before| {
+        ClientMessage::History(casataa_proto::message::HistoryRequest {
+            target: Target::Room(project.clone()),
+            before,
+            limit: 3,
+        })
+    };
+    assert_eq!(history_page(&mut bob, &page(None)).await, (seqs[2..].to_vec(), true));
+    assert_eq!(history_page(&mut bob, &page(Some(seqs[2]))).await, (seqs[..2].to_vec(), false));
+
+    // Typing reaches the other member, not the typist.
+    alice.request(&ClientMessage::Typing { to: Target::Room(project.clone()) }).await.unwrap();
+    let typing = timeout(
+        Duration::from_secs(5),
+        bob.wait_for(|e| match e {
+            Event::Message(ServerMessage::Typing { from, to }) => Some((from.clone(), to.clone())),
+            _ => None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(typing, (name("alice"), Target::Room(project.clone())));
+
+    // Leaving: #general cannot be left, other rooms can.
+    bob.request(&ClientMessage::LeaveRoom { room: name("general") }).await.unwrap();
+    let refused = bob
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::Error(report)) => Some(report.code),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused, ErrorCode::BadRequest);
+    bob.request(&ClientMessage::LeaveRoom { room: project.clone() }).await.unwrap();
+    bob.wait_for(|e| matches!(e, Event::Message(ServerMessage::RoomLeft { .. })).then_some(()))
+        .await
+        .unwrap();
+    bob.request(&ClientMessage::ListRooms).await.unwrap();
+    let rooms = bob
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::RoomList { rooms, last: true }) => Some(rooms.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let listed: Vec<(String, u32, bool)> =
+        rooms.iter().map(|r| (r.name.to_string(), r.members, r.joined)).collect();
+    assert_eq!(listed, [("general".into(), 2, true), ("project-x".into(), 1, false)]);
+
+    // Presence: bob sees alice go offline.
+    alice.close().await.unwrap();
+    let gone = timeout(
+        Duration::from_secs(5),
+        bob.wait_for(|e| match e {
+            Event::Message(ServerMessage::Presence(p)) if p.user.as_str() == "alice" && !p.online => Some(()),
+            _ => None,
+        }),
+    )
+    .await;
+    assert!(gone.is_ok(), "bob saw alice go offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_creates_admin_and_a_provisioned_key_logs_in() {
+    let server = TestServer::start(&[]);
+    let printed = server.stdout.lock().unwrap().clone();
+    let passphrase = printed
+        .iter()
+        .find_map(|line| line.trim().strip_prefix("passphrase:").map(|p| p.trim().to_owned()))
+        .or_else(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            server
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.trim().strip_prefix("passphrase:").map(|p| p.trim().to_owned()))
+        })
+        .expect("the admin passphrase is printed on first start");
+    let admin = server.connect("admin", &passphrase).await.unwrap();
+    assert_eq!(admin.welcome().role, casataa_proto::types::Role::Admin);
+
+    // `user key` prints the derived key; a device can log in with it alone.
+    let hex = server.user_command(&["key", "admin"]);
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex.trim()[i * 2..i * 2 + 2], 16).unwrap();
+    }
+    let options = casataa_cli::ConnectOptions {
+        server: server.tcp.clone(),
+        user: name("admin"),
+        secret: casataa_cli::Secret::Key(casataa_proto::handshake::UserKey(key)),
+        device: [9; 16],
+        kind: casataa_proto::types::ClientKind::Terminal,
+        resume: None,
+        timeout: Duration::from_secs(10),
+    };
+    assert!(Client::connect(options).await.is_ok());
+}
+
+/// Requests a history page and returns its sequence numbers and whether more exist.
+async fn history_page(client: &mut Client, request: &ClientMessage<'_>) -> (Vec<u64>, bool) {
+    client.request(request).await.unwrap();
+    let mut items = Vec::new();
+    loop {
+        match timeout(Duration::from_secs(10), client.next_event()).await.unwrap().unwrap() {
+            Event::Message(ServerMessage::HistoryItem(m)) => items.push(m.seq),
+            Event::Message(ServerMessage::HistoryEnd { more, .. }) => return (items, more),
+            _ => {}
+        }
+    }
+}

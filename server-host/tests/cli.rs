@@ -100,3 +100,42 @@ fn admin_commands_work_for_admins_only() {
     stdout(&run(&server, &state, "root", "pr", &["admin", "disable", "carol"]));
     assert!(!run(&server, &state, "carol", &passphrase, &["send", "--to", "#general", "x"]).status.success());
 }
+
+#[test]
+fn chat_reads_commands_and_lines_from_standard_input() {
+    use std::io::Write as _;
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let state = server.data.join("client-state");
+    let mut chat = Command::new(casataa())
+        .args(["--server", &server.tcp, "--user", "alice", "--state"])
+        .arg(&state)
+        .arg("chat")
+        .env("CASATAA_PASSPHRASE", "pa")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    writeln!(stdin, "/create lunch").unwrap();
+    writeln!(stdin, "/to #lunch").unwrap();
+    writeln!(stdin, "pizza at noon?").unwrap();
+    writeln!(stdin, "/msg bob are you coming?").unwrap();
+    drop(stdin);
+    let output = chat.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(shown.contains("now talking in #lunch"), "{shown}");
+
+    let seen = stdout(&run(&server, &state, "bob", "pb", &["tail", "--json", "--count", "1", "--for", "10"]));
+    assert!(seen.contains("\"to\":\"@bob\",\"text\":\"are you coming?\""), "{seen}");
+    // A second device of alice's gets everything from the start.
+    let other_device = server.data.join("other-device");
+    let history = stdout(&run(
+        &server,
+        &other_device,
+        "alice",
+        "pa",
+        &["tail", "--json", "--count", "2", "--for", "10"],
+    ));
+    assert!(history.contains("\"to\":\"#lunch\",\"text\":\"pizza at noon?\""), "{history}");
+}

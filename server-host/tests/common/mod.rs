@@ -29,6 +29,8 @@ pub struct TestServer {
     pub data: PathBuf,
     pub tcp: String,
     pub http: String,
+    /// Everything the server printed on stdout, across restarts.
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     child: Option<Child>,
 }
 
@@ -59,7 +61,8 @@ impl TestServer {
             .map(|line| format!("{line}\n"))
             .collect();
         std::fs::write(data.join("casataa.toml"), format!("{base}{extra_config}\n")).unwrap();
-        let mut server = Self { data, tcp: String::new(), http: String::new(), child: None };
+        let mut server =
+            Self { data, tcp: String::new(), http: String::new(), stdout: Default::default(), child: None };
         for (name, passphrase, admin) in users {
             server.add_user(name, passphrase, *admin);
         }
@@ -104,8 +107,10 @@ impl TestServer {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let (mut tcp, mut http) = (None, None);
+        let printed = std::sync::Arc::clone(&self.stdout);
         while tcp.is_none() || http.is_none() {
             let line = lines.next().expect("server printed its addresses").unwrap();
+            printed.lock().unwrap().push(line.clone());
             if let Some(addr) = line.trim().strip_prefix("device port:") {
                 tcp = Some(addr.trim().to_owned());
             }
@@ -114,7 +119,11 @@ impl TestServer {
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                printed.lock().unwrap().push(line);
+            }
+        });
         self.tcp = tcp.unwrap_or_default();
         self.http = http.unwrap_or_default();
         self.child = Some(child);
