@@ -15,7 +15,6 @@ use casataa_proto::message::{
 };
 use casataa_proto::types::{Body, ClientKind, Name, Role, Target, truncated};
 use clap::{Parser, Subcommand};
-use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
 #[command(name = "casataa", version, about = "Casataa: encrypted LAN chat — the command-line client")]
@@ -316,11 +315,21 @@ async fn chat(session: &mut Session) -> anyhow::Result<()> {
         session.client.welcome().server_name,
         session.client.welcome().user
     );
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // Standard input is read on its own thread: receiving from the channel is
+    // cancel-safe in `select!`, reading tokio's stdin is not.
+    let (line_tx, mut lines) = tokio::sync::mpsc::channel::<String>(64);
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if line_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
     loop {
         tokio::select! {
-            line = lines.next_line() => {
-                let Some(line) = line? else { break };
+            line = lines.recv() => {
+                let Some(line) = line else { break };
                 if !chat_command(session, &mut current, line.trim()).await? {
                     break;
                 }
