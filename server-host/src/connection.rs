@@ -288,6 +288,8 @@ struct Live<'c> {
     buf: Vec<u8>,
     sent_up_to: Seq,
     acked: Seq,
+    /// The cursor as last written to the store.
+    persisted: Seq,
     messages: Bucket,
     violations: u32,
     activity: Option<broadcast::Receiver<ActivityEvent>>,
@@ -325,12 +327,16 @@ async fn run_session(
         buf: vec![0u8; casataa_proto::limits::FRAME_MAX],
         sent_up_to: cursor,
         acked: cursor,
+        persisted: cursor,
         messages: Bucket::new(ctx.settings.messages_per_sec, ctx.settings.message_burst),
         violations: 0,
         activity: None,
         backlog: true,
     };
     let end = live.run(&mut reader, cursor).await;
+    if let Err(e) = live.persist_cursor().await {
+        tracing::warn!("cannot save the cursor of {user}: {e}");
+    }
     let detail = match &end {
         End::Transport(why) => format!("{user} disconnected: {why}"),
         End::Protocol(e) => format!("{user} disconnected: protocol error: {e}"),
@@ -446,6 +452,9 @@ impl Live<'_> {
                 () = self.queue.wait_for_room(), if self.backlog && !self.queue.has_room() => Ok(()),
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if let Err(e) = self.persist_cursor().await {
+                        return End::Store(e);
+                    }
                     if self.queue.bytes() > 0 && self.queue.stalled_for() > stall {
                         Err(End::Closed(CloseReason::TooSlow))
                     } else if now >= last_heard + idle {
@@ -470,11 +479,40 @@ impl Live<'_> {
         }
     }
 
-    /// Sends the user's next stored messages while the queue has room.
+    /// Writes the acknowledged cursor if it moved.
+    async fn persist_cursor(&mut self) -> Result<(), StoreError> {
+        if self.acked > self.persisted {
+            let (user, device, up_to) = (self.user.to_string(), self.device, self.acked);
+            self.ctx
+                .hub
+                .store()
+                .write_detached(move |conn| store::advance_cursor(conn, &user, &device, up_to))
+                .await?;
+            self.persisted = up_to;
+        }
+        Ok(())
+    }
+
+    /// Sends the user's next stored messages while the queue has room: from the
+    /// recent messages in memory when they reach back far enough, else from SQLite.
     async fn deliver_more(&mut self) -> Result<(), End> {
         while self.queue.has_room() {
-            let batch =
-                self.ctx.hub.store().messages_for(self.user.to_string(), self.sent_up_to, PULL_BATCH).await?;
+            let rooms = self.ctx.hub.rooms_of(&self.user);
+            let user = &self.user;
+            let recent = self.ctx.hub.store().recent_after(self.sent_up_to, PULL_BATCH, |m| match &m.to {
+                Target::Room(room) => rooms.contains(room),
+                Target::User(peer) => peer == user || &m.from == user,
+            });
+            let batch: Vec<ChatMessage> = match recent {
+                Some(messages) => messages.iter().map(|m| ChatMessage::clone(m)).collect(),
+                None => {
+                    self.ctx
+                        .hub
+                        .store()
+                        .messages_for(self.user.to_string(), self.sent_up_to, PULL_BATCH)
+                        .await?
+                }
+            };
             let Some(last) = batch.last().map(|m| m.seq) else {
                 self.backlog = false;
                 return Ok(());
@@ -497,16 +535,10 @@ impl Live<'_> {
         match message {
             ClientMessage::Send(send) => self.on_send(send, pending).await,
             ClientMessage::Ack { up_to } => {
-                let up_to = up_to.min(self.sent_up_to);
-                if up_to > self.acked {
-                    self.acked = up_to;
-                    let (user, device) = (self.user.to_string(), self.device);
-                    self.ctx
-                        .hub
-                        .store()
-                        .write_detached(move |conn| store::advance_cursor(conn, &user, &device, up_to))
-                        .await?;
-                }
+                // Kept in memory and written on the next tick (and at the end): a cursor
+                // that lags after a crash only means a few messages are delivered again,
+                // and clients drop those by sequence number.
+                self.acked = self.acked.max(up_to.min(self.sent_up_to));
                 Ok(())
             }
             ClientMessage::History(request) => self.on_history(request).await,
@@ -612,10 +644,9 @@ impl Live<'_> {
         let addr = self.addr.clone();
         pending.push_back(Box::pin(async move {
             let result = store
-                .write(move |conn| {
-                    let appended = store::append(conn, &message)?;
+                .append_with(message, move |conn, message, appended| {
                     if appended.duplicate {
-                        return Ok((appended, None));
+                        return Ok(None);
                     }
                     let length = match &message.content {
                         Content::Text(body) => body.len(),
@@ -631,8 +662,7 @@ impl Live<'_> {
                             message.sender, message.to, appended.seq
                         ),
                     };
-                    let event = store::record_activity(conn, &activity)?;
-                    Ok((appended, Some(event)))
+                    store::record_activity(conn, &activity).map(Some)
                 })
                 .await;
             (client_id, result)

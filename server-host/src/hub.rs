@@ -272,6 +272,16 @@ impl Hub {
         self.state().rooms.get(room).is_some_and(|members| members.contains(user))
     }
 
+    /// The rooms `user` is in.
+    pub fn rooms_of(&self, user: &Name) -> std::collections::HashSet<Name> {
+        self.state()
+            .rooms
+            .iter()
+            .filter(|(_, members)| members.contains(user))
+            .map(|(room, _)| room.clone())
+            .collect()
+    }
+
     /// Whether `room` exists.
     pub fn room_exists(&self, room: &Name) -> bool {
         self.state().rooms.contains_key(room)

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::{fmt, thread};
 
-use casataa_proto::message::ActivityEvent;
+use casataa_proto::message::{ActivityEvent, ChatMessage};
 use casataa_proto::types::{Seq, ServerId};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
@@ -24,6 +24,18 @@ pub use queries::{
     cursor, history, join, leave, memberships, messages_for, new_credentials, recent_activity,
     record_activity, rooms, set_credentials, set_disabled, user, user_count, users,
 };
+
+/// Messages kept in memory after commit, so live delivery rarely reads SQLite.
+const RECENT_MAX: usize = 8192;
+
+/// The newest committed messages, in sequence order, without gaps: every committed
+/// message with `seq > covered_after` is here. Sessions that are caught up read from it;
+/// a session further behind (a device back from being offline) reads SQLite.
+#[derive(Debug, Default)]
+struct Recent {
+    messages: std::collections::VecDeque<Arc<ChatMessage>>,
+    covered_after: Seq,
+}
 
 /// Most jobs committed in one transaction.
 const BATCH_MAX: usize = 512;
@@ -109,6 +121,7 @@ struct Inner {
     jobs: mpsc::SyncSender<Job>,
     readers: Mutex<Vec<Connection>>,
     latest: watch::Sender<Seq>,
+    recent: Mutex<Recent>,
     server_id: ServerId,
     server_secret: [u8; 32],
 }
@@ -141,6 +154,7 @@ impl Store {
                 jobs,
                 readers: Mutex::new(Vec::new()),
                 latest,
+                recent: Mutex::new(Recent { messages: Default::default(), covered_after: latest_seq }),
                 server_id,
                 server_secret,
             }),
@@ -169,7 +183,20 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_then(work, |_, _| {}).await
+    }
+
+    /// Like [`Self::write`], and runs `on_commit` on the writer thread right after the
+    /// commit, in commit order, before anyone is told (used to keep [`Recent`] in step
+    /// with the log).
+    async fn write_then<T, F, H>(&self, work: F, on_commit: H) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        H: FnOnce(&Inner, &T) + Send + 'static,
+    {
         let (reply, result) = oneshot::channel();
+        let inner = Arc::clone(&self.inner);
         let job: Job = Box::new(move |conn| {
             let outcome = work(conn);
             let succeeded = outcome.is_ok();
@@ -178,12 +205,64 @@ impl Store {
                     Ok(()) => outcome,
                     Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
                 };
+                if let Ok(value) = &outcome {
+                    on_commit(&inner, value);
+                }
                 let _ = reply.send(outcome);
             });
             (succeeded, completion)
         });
         self.submit(job).await?;
         result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends a chat message, plus whatever `also` writes in the same transaction
+    /// (its activity entry); returns once both are on disk.
+    pub async fn append_with<T, A>(&self, message: NewMessage, also: A) -> Result<(Appended, T), StoreError>
+    where
+        T: Send + 'static,
+        A: FnOnce(&Connection, &NewMessage, &Appended) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_then(
+            move |conn| {
+                let appended = append(conn, &message)?;
+                let extra = also(conn, &message, &appended)?;
+                let stored = (!appended.duplicate).then(|| {
+                    Arc::new(ChatMessage {
+                        seq: appended.seq,
+                        at: appended.at,
+                        from: message.sender.clone(),
+                        to: message.to.clone(),
+                        client_id: message.client_id,
+                        content: message.content.clone(),
+                    })
+                });
+                Ok((appended, extra, stored))
+            },
+            |inner, (_, _, stored)| {
+                if let Some(message) = stored {
+                    inner.remember(Arc::clone(message));
+                }
+            },
+        )
+        .await
+        .map(|(appended, extra, _)| (appended, extra))
+    }
+
+    /// Up to `limit` recent messages after `seq` that `wanted` accepts, or `None` if
+    /// the recent ones do not reach back to `seq` (read SQLite instead).
+    pub fn recent_after(
+        &self,
+        seq: Seq,
+        limit: usize,
+        mut wanted: impl FnMut(&ChatMessage) -> bool,
+    ) -> Option<Vec<Arc<ChatMessage>>> {
+        let recent = self.inner.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seq < recent.covered_after {
+            return None;
+        }
+        let start = recent.messages.partition_point(|m| m.seq <= seq);
+        Some(recent.messages.iter().skip(start).filter(|m| wanted(m)).take(limit).cloned().collect())
     }
 
     /// Like [`Self::write`], without waiting for the result (cursor moves).
@@ -241,7 +320,7 @@ impl Store {
 
     /// Appends a chat message (group commit); returns once it is on disk.
     pub async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
-        self.write(move |conn| append(conn, &message)).await
+        self.append_with(message, |_, _, _| Ok(())).await.map(|(appended, ())| appended)
     }
 
     /// Messages for `user` after `after`, oldest first.
@@ -250,7 +329,7 @@ impl Store {
         user: String,
         after: Seq,
         limit: usize,
-    ) -> Result<Vec<casataa_proto::message::ChatMessage>, StoreError> {
+    ) -> Result<Vec<ChatMessage>, StoreError> {
         self.read(move |conn| messages_for(conn, &user, after, limit)).await
     }
 
@@ -262,6 +341,18 @@ impl Store {
     /// Waits until every job submitted so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.write(|_| Ok(())).await
+    }
+}
+
+impl Inner {
+    fn remember(&self, message: Arc<ChatMessage>) {
+        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.messages.len() == RECENT_MAX
+            && let Some(evicted) = recent.messages.pop_front()
+        {
+            recent.covered_after = evicted.seq;
+        }
+        recent.messages.push_back(message);
     }
 }
 
