@@ -235,6 +235,7 @@ async fn throughput(server: &str, n: usize, seconds: f64) -> anyhow::Result<f64>
 struct Latency {
     e2e_p50_ms: f64,
     e2e_p99_ms: f64,
+    e2e_max_ms: f64,
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     samples: usize,
@@ -259,6 +260,7 @@ async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Res
         let (stop, ready, barrier) = (Arc::clone(&stop), Arc::clone(&ready), barrier.clone());
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
+            let mut caught_up = false;
             while !stop.load(Ordering::Relaxed) {
                 let event = match tokio::time::timeout(Duration::from_millis(200), client.next_event()).await
                 {
@@ -270,8 +272,11 @@ async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Res
                     && body.as_str() == barrier
                 {
                     ready.fetch_add(1, Ordering::Relaxed);
+                    caught_up = true;
                 }
-                if let Event::Message(ServerMessage::Deliver(m)) = event
+                // Messages from before the barrier belong to earlier runs (another clock).
+                if caught_up
+                    && let Event::Message(ServerMessage::Deliver(m)) = event
                     && let Content::Text(body) = &m.content
                     && let Some(sent) =
                         body.strip_prefix("t=").and_then(|t| t.split(' ').next()?.parse::<u64>().ok())
@@ -342,6 +347,7 @@ async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Res
     Ok(Latency {
         e2e_p50_ms: percentile(&e2e, 0.5),
         e2e_p99_ms: percentile(&e2e, 0.99),
+        e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
         ack_p50_ms: percentile(&ack_samples, 0.5),
         ack_p99_ms: percentile(&ack_samples, 0.99),
         samples: e2e.len(),
@@ -409,14 +415,15 @@ async fn main() -> anyhow::Result<()> {
         let label = format!("{n} clients, {} msg/s", args.rate);
         println!("{:<44} {:>11.2} ms", format!("end-to-end p50, {label}"), l.e2e_p50_ms);
         println!("{:<44} {:>11.2} ms", format!("end-to-end p99, {label}"), l.e2e_p99_ms);
+        println!("{:<44} {:>11.2} ms", format!("end-to-end max, {label}"), l.e2e_max_ms);
         println!("{:<44} {:>11.2} ms", format!("stored ack p50, {label}"), l.ack_p50_ms);
         println!("{:<44} {:>11.2} ms", format!("stored ack p99, {label}"), l.ack_p99_ms);
         if l.skipped > 0 {
             println!("{:<44} {:>14}", "  sends skipped (outbox full)", l.skipped);
         }
         json.push_str(&format!(
-            "  \"latency_n{n}\": {{\"rate\": {}, \"e2e_p50_ms\": {:.3}, \"e2e_p99_ms\": {:.3}, \"ack_p50_ms\": {:.3}, \"ack_p99_ms\": {:.3}, \"samples\": {}, \"skipped\": {}}},\n",
-            args.rate, l.e2e_p50_ms, l.e2e_p99_ms, l.ack_p50_ms, l.ack_p99_ms, l.samples, l.skipped
+            "  \"latency_n{n}\": {{\"rate\": {}, \"e2e_p50_ms\": {:.3}, \"e2e_p99_ms\": {:.3}, \"e2e_max_ms\": {:.3}, \"ack_p50_ms\": {:.3}, \"ack_p99_ms\": {:.3}, \"samples\": {}, \"skipped\": {}}},\n",
+            args.rate, l.e2e_p50_ms, l.e2e_p99_ms, l.e2e_max_ms, l.ack_p50_ms, l.ack_p99_ms, l.samples, l.skipped
         ));
     }
     let hs = handshakes(&server.tcp, &key, args.handshakes).await?;
