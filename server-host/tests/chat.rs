@@ -418,3 +418,98 @@ async fn history_page(client: &mut Client, request: &ClientMessage<'_>) -> (Vec<
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_client_id_is_stored_once_even_across_connections() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let send = ClientMessage::Send(casataa_proto::message::SendMessage {
+        client_id: 0xfeed,
+        to: general(),
+        body: "exactly once".try_into().unwrap(),
+    });
+    let mut first = server.connect("alice", "pa").await.unwrap();
+    first.request(&send).await.unwrap();
+    let seq = stored(&mut first).await;
+    // The acknowledgement was "lost": the client resends on a new connection.
+    drop(first);
+    let mut second = server.connect("alice", "pa").await.unwrap();
+    second.request(&send).await.unwrap();
+    assert_eq!(stored(&mut second).await, seq, "the resend is answered with the first copy's seq");
+    second.request(&send).await.unwrap();
+    assert_eq!(stored(&mut second).await, seq);
+
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let m = next_delivery(&mut bob).await;
+    assert_eq!((m.seq, text(&m)), (seq, "exactly once"));
+    bob.request(&ClientMessage::History(casataa_proto::message::HistoryRequest {
+        target: general(),
+        before: None,
+        limit: 50,
+    }))
+    .await
+    .unwrap();
+    let (items, more) = history_page_after_request(&mut bob).await;
+    assert_eq!((items, more), (vec![seq], false), "stored once");
+}
+
+async fn stored(client: &mut Client) -> u64 {
+    let fut = client.wait_for(|e| match e {
+        Event::Message(ServerMessage::Stored { client_id: 0xfeed, seq, .. }) => Some(*seq),
+        _ => None,
+    });
+    timeout(Duration::from_secs(10), fut).await.unwrap().unwrap()
+}
+
+async fn history_page_after_request(client: &mut Client) -> (Vec<u64>, bool) {
+    let mut items = Vec::new();
+    loop {
+        match timeout(Duration::from_secs(10), client.next_event()).await.unwrap().unwrap() {
+            Event::Message(ServerMessage::HistoryItem(m)) => items.push(m.seq),
+            Event::Message(ServerMessage::HistoryEnd { more, .. }) => return (items, more),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_logged_with_their_reason_and_passwd_changes_the_passphrase() {
+    let server = TestServer::start(&[("root", "pr", true), ("alice", "pa", false), ("dora", "pd", false)]);
+    server.user_command(&["disable", "dora"]);
+    for (user, passphrase) in [("alice", "wrong"), ("nobody", "x"), ("dora", "pd")] {
+        assert!(server.connect(user, passphrase).await.is_err());
+    }
+    let mut root = server.connect("root", "pr").await.unwrap();
+    let request = AdminRequest::Watch { sessions: false, activity: true };
+    root.request(&ClientMessage::Admin { req: 1, request }).await.unwrap();
+    let mut log = Vec::new();
+    loop {
+        match timeout(Duration::from_secs(10), root.next_event()).await.unwrap().unwrap() {
+            Event::Message(ServerMessage::Activity(event)) => {
+                log.push(format!("{} {}", event.user, event.detail))
+            }
+            Event::Message(ServerMessage::AdminResult { req: 1, .. }) => break,
+            _ => {}
+        }
+    }
+    for expected in [
+        "alice login failed: wrong passphrase or key",
+        "nobody login failed: unknown user",
+        "dora login failed: user is disabled",
+    ] {
+        assert!(log.iter().any(|line| line == expected), "{expected:?} in {log:#?}");
+    }
+
+    // `user passwd` with a passphrase on stdin: the old one stops working.
+    let mut passwd = std::process::Command::new(env!("CARGO_BIN_EXE_casataa-server"))
+        .arg("--data")
+        .arg(&server.data)
+        .args(["user", "passwd", "alice", "--passphrase-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut passwd.stdin.take().unwrap(), b"new secret\n").unwrap();
+    assert!(passwd.wait().unwrap().success());
+    assert!(server.connect("alice", "pa").await.is_err());
+    assert!(server.connect("alice", "new secret").await.is_ok());
+}
