@@ -98,6 +98,12 @@ pub enum ClientMessage<'a> {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// Tag 18. List the stored files this user may download, a page at a time
+    /// (newest first); answered with [`ServerMessage::FileList`].
+    ListFiles {
+        /// Continue with files older than this id; `None` from the newest.
+        before: Option<FileId>,
+    },
 }
 
 /// The first sealed message of a connection.
@@ -331,6 +337,13 @@ pub enum ServerMessage<'a> {
         /// Why.
         reason: CloseReason,
     },
+    /// Tag 23. A page of the files this user may download, newest first.
+    FileList {
+        /// The files.
+        files: Vec<FileEntry, LIST_PAGE_MAX>,
+        /// Whether this is the last page.
+        last: bool,
+    },
 }
 
 impl<'a> ServerMessage<'a> {
@@ -363,6 +376,7 @@ impl<'a> ServerMessage<'a> {
             Self::Ping { nonce } => ServerMessage::Ping { nonce },
             Self::Pong { nonce } => ServerMessage::Pong { nonce },
             Self::Closing { reason } => ServerMessage::Closing { reason },
+            Self::FileList { files, last } => ServerMessage::FileList { files, last },
         })
     }
 }

@@ -103,7 +103,7 @@ fn handshake_refusals_have_the_documented_bytes() {
 fn decoding_rejects_trailing_bytes_unknown_tags_and_over_bound_fields() {
     assert!(decode_exact::<ClientMessage<'_>>(&[0x07]).is_ok());
     assert!(decode_exact::<ClientMessage<'_>>(&[0x07, 0x00]).is_err(), "trailing byte");
-    assert!(decode_exact::<ClientMessage<'_>>(&[0x12]).is_err(), "tag 18 does not exist");
+    assert!(decode_exact::<ClientMessage<'_>>(&[0x13]).is_err(), "tag 19 does not exist");
     // A body one byte over the bound.
     let mut send = vec![0x01, 0x01, 0x00, 1, b'g'];
     send.extend_from_slice(&[0x81, 0x10]); // varint 2049
@@ -230,6 +230,15 @@ fn max_server_messages() -> Vec<ServerMessage<'static>> {
         ServerMessage::Ping { nonce: u64::MAX },
         ServerMessage::Pong { nonce: u64::MAX },
         ServerMessage::Closing { reason: CloseReason::Violation },
+        ServerMessage::FileList {
+            files: full(FileEntry {
+                file: max_file_info(),
+                owner: longest_name('o'),
+                to: target.clone(),
+                at: u64::MAX,
+            }),
+            last: true,
+        },
     ]
 }
 
@@ -275,6 +284,7 @@ fn max_client_messages() -> Vec<ClientMessage<'static>> {
         },
         ClientMessage::Ping { nonce: u64::MAX },
         ClientMessage::Pong { nonce: u64::MAX },
+        ClientMessage::ListFiles { before: Some(u64::MAX) },
     ]
 }
 
@@ -294,11 +304,11 @@ fn every_message_but_file_chunks_fits_the_smallest_frame() {
         assert_eq!(bytes[0] as usize, i, "client messages listed in tag order");
         assert!(bytes.len() <= budget, "client tag {i}: {} > {budget}", bytes.len());
     }
-    assert_eq!(servers.len(), 23, "a new server message needs a maximal instance here");
-    assert_eq!(clients.len(), 18, "a new client message needs a maximal instance here");
+    assert_eq!(servers.len(), 24, "a new server message needs a maximal instance here");
+    assert_eq!(clients.len(), 19, "a new client message needs a maximal instance here");
     // The last tag is the last variant: decoding one more fails.
-    assert!(decode_exact::<ServerMessage<'_>>(&[23]).is_err());
-    assert!(decode_exact::<ClientMessage<'_>>(&[18]).is_err());
+    assert!(decode_exact::<ServerMessage<'_>>(&[24]).is_err());
+    assert!(decode_exact::<ClientMessage<'_>>(&[19]).is_err());
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! TCP and WebSocket connections both arrive here as a [`FrameReader`] and a
 //! [`FrameWriter`]; nothing below knows which transport it is.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,19 +18,20 @@ use casataa_proto::handshake::{Handshake, KdfParams, Refusal, UserKey, decoy_sal
 use casataa_proto::limits::{BODY_MAX, HANDSHAKE_FRAME_MAX, LIST_PAGE_MAX, PROTOCOL_VERSION};
 use casataa_proto::message::{
     ActivityEvent, ActivityKind, AdminRequest, AdminResult, ChatMessage, ClientMessage, CloseReason, Content,
-    ErrorCode, ErrorReport, HistoryRequest, Limits, Login, RoomInfo, SendMessage, ServerMessage, UserEntry,
-    Welcome,
+    ErrorCode, ErrorReport, FileChunk, FileInfo, FileOffer, HistoryRequest, Limits, Login, RoomInfo,
+    SendMessage, ServerMessage, UserEntry, Welcome,
 };
 use casataa_proto::session::{
     AuthFailure, ServerConfig, ServerEvent, SessionError, UserLookup, encode_handshake,
 };
-use casataa_proto::types::{ClientMsgId, DeviceId, Name, Passphrase, Role, Seq, Target, truncated};
+use casataa_proto::types::{ClientMsgId, DeviceId, FileId, Name, Passphrase, Role, Seq, Target, truncated};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::files::{Disk, Download, Upload, WINDOW, sha256_of};
 use crate::hub::{Hub, HubEvent, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
@@ -46,6 +48,12 @@ const HISTORY_MAX: u16 = 200;
 const ACTIVITY_BACKLOG: usize = 50;
 /// Requests refused for rate before the connection is closed.
 const VIOLATIONS_MAX: u32 = 100;
+/// Uploads one connection may run at once.
+const MAX_UPLOADS: usize = 4;
+/// Largest download chunk the server sends.
+const CHUNK_MAX: usize = 60 * 1024;
+/// Bytes queued before downloads wait (chat frames still go first).
+const BULK_HIGH_WATER: usize = 512 * 1024;
 
 /// Everything a connection needs from the server.
 #[derive(Debug, Clone)]
@@ -54,6 +62,8 @@ pub struct Context {
     pub hub: Arc<Hub>,
     /// The configuration.
     pub settings: Arc<Settings>,
+    /// Where file bytes live.
+    pub disk: Disk,
 }
 
 /// Why a connection ended, for the log.
@@ -294,6 +304,10 @@ struct Live<'c> {
     violations: u32,
     activity: Option<broadcast::Receiver<ActivityEvent>>,
     backlog: bool,
+    uploads: HashMap<FileId, Upload>,
+    downloads: VecDeque<Download>,
+    /// Downloads wait for the outbound queue to drain.
+    downloads_blocked: bool,
 }
 
 async fn run_session(
@@ -332,6 +346,9 @@ async fn run_session(
         violations: 0,
         activity: None,
         backlog: true,
+        uploads: HashMap::new(),
+        downloads: VecDeque::new(),
+        downloads_blocked: false,
     };
     let end = live.run(&mut reader, cursor).await;
     if let Err(e) = live.persist_cursor().await {
@@ -415,6 +432,9 @@ impl Live<'_> {
             {
                 return end;
             }
+            if let Err(end) = self.pump_downloads() {
+                return end;
+            }
             let max_frame = self.ctx.settings.max_frame as usize;
             let step = tokio::select! {
                 biased;
@@ -449,7 +469,7 @@ impl Live<'_> {
                     self.backlog = true;
                     Ok(())
                 }
-                () = self.queue.wait_for_room(), if self.backlog && !self.queue.has_room() => Ok(()),
+                () = self.queue.wait_for_room(), if (self.backlog || self.downloads_blocked) && !self.queue.has_room() => Ok(()),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if let Err(e) = self.persist_cursor().await {
@@ -564,17 +584,37 @@ impl Live<'_> {
                 }
                 Ok(())
             }
-            ClientMessage::FileOffer(offer) => self.error(
-                ErrorCode::BadRequest,
-                u64::from(offer.transfer),
-                "this server does not take files yet",
-            ),
-            ClientMessage::FileChunk(chunk) => {
-                self.error(ErrorCode::NoSuchFile, chunk.file, "this server does not take files yet")
+            ClientMessage::FileOffer(offer) => self.on_offer(offer).await,
+            ClientMessage::FileChunk(chunk) => self.on_chunk(chunk).await,
+            ClientMessage::FileDownload { file, offset } => self.on_download(file, offset).await,
+            ClientMessage::FileProgress { file, received } => {
+                if let Some(download) = self.downloads.iter_mut().find(|d| d.id == file) {
+                    download.acked = download.acked.max(received.min(download.next));
+                }
+                self.downloads.retain(|d| d.acked < d.size);
+                Ok(())
             }
-            ClientMessage::FileDownload { file, .. }
-            | ClientMessage::FileProgress { file, .. }
-            | ClientMessage::FileCancel { file } => self.error(ErrorCode::NoSuchFile, file, "no such file"),
+            ClientMessage::FileCancel { file } => {
+                // An upload's partial file stays for a later resume (or the clean-up).
+                self.uploads.remove(&file);
+                self.downloads.retain(|d| d.id != file);
+                Ok(())
+            }
+            ClientMessage::ListFiles { before } => {
+                let user = self.user.to_string();
+                let files = self
+                    .ctx
+                    .hub
+                    .store()
+                    .read(move |conn| store::files_for(conn, &user, before, LIST_PAGE_MAX))
+                    .await?;
+                let last = files.len() < LIST_PAGE_MAX;
+                let mut page = BoundedVec::new();
+                for entry in files {
+                    let _ = page.push(entry);
+                }
+                self.send(&ServerMessage::FileList { files: page, last }, Lane::Control)
+            }
             ClientMessage::Admin { req, request } => self.on_admin(req, request).await,
             ClientMessage::Ping { nonce } => self.send(&ServerMessage::Pong { nonce }, Lane::Control),
             ClientMessage::Pong { .. } => Ok(()),
@@ -771,6 +811,262 @@ impl Live<'_> {
         }
     }
 
+    async fn on_offer(&mut self, offer: FileOffer) -> Result<(), End> {
+        let FileOffer { transfer, name, size, sha256, to } = offer;
+        let about = u64::from(transfer);
+        if name.trim().is_empty() {
+            return self.error(ErrorCode::BadRequest, about, "the file needs a name");
+        }
+        if size > self.ctx.settings.max_file_size {
+            return self.error(ErrorCode::TooLarge, about, "the file is larger than this server accepts");
+        }
+        if !self.may_see(&to).await? {
+            return self.error(ErrorCode::Forbidden, about, "you cannot share files there");
+        }
+        if self.uploads.len() >= MAX_UPLOADS {
+            return self.error(ErrorCode::Busy, about, "too many uploads at once on this connection");
+        }
+        let (owner, target) = (self.user.to_string(), to.clone());
+        let resumable = self
+            .ctx
+            .hub
+            .store()
+            .read(move |conn| store::resumable_upload(conn, &owner, &sha256, size, &target))
+            .await?;
+        let id = match resumable {
+            Some(id) => id,
+            None => {
+                let owner = self.user.to_string();
+                let used = self.ctx.hub.store().read(move |conn| store::usage(conn, &owner)).await?;
+                if used.saturating_add(size) > self.ctx.settings.user_quota {
+                    return self.error(
+                        ErrorCode::QuotaExceeded,
+                        about,
+                        "this would exceed your storage quota",
+                    );
+                }
+                let (owner, file_name, target, now) =
+                    (self.user.clone(), name.to_string(), to.clone(), unix_millis());
+                self.ctx
+                    .hub
+                    .store()
+                    .write(move |conn| {
+                        store::create_upload(conn, &owner, &file_name, size, &sha256, &target, now)
+                    })
+                    .await?
+            }
+        };
+        let path = self.ctx.disk.partial(id);
+        let opened = async {
+            let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+            let held = file.metadata().await?.len().min(size);
+            file.set_len(held).await?;
+            std::io::Result::Ok((file, held))
+        }
+        .await;
+        let (file, held) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::error!("cannot open {}: {e}", path.display());
+                return self.error(ErrorCode::StorageFull, about, "the server cannot store files right now");
+            }
+        };
+        self.uploads.insert(
+            id,
+            Upload { file, name: name.to_string(), size, received: held, sha256, to, unreported: 0 },
+        );
+        let chunk_max = casataa_proto::limits::chunk_capacity(self.ctx.settings.max_frame as usize) as u32;
+        self.send(
+            &ServerMessage::FileAccepted { transfer, file: id, offset: held, chunk_max, window: WINDOW },
+            Lane::Control,
+        )?;
+        if held == size { self.finish_upload(id).await } else { Ok(()) }
+    }
+
+    async fn on_chunk(&mut self, chunk: FileChunk<'_>) -> Result<(), End> {
+        use tokio::io::AsyncWriteExt;
+        let FileChunk { file: id, offset, data } = chunk;
+        let Some(upload) = self.uploads.get_mut(&id) else {
+            return self.error(ErrorCode::NoSuchFile, id, "no upload in progress with that id");
+        };
+        if offset != upload.received {
+            return self.error(
+                ErrorCode::BadRequest,
+                id,
+                "chunk out of order; offer the file again to resume",
+            );
+        }
+        if upload.received + data.len() as u64 > upload.size {
+            self.uploads.remove(&id);
+            return self.error(ErrorCode::TooLarge, id, "more data than the offer said");
+        }
+        if let Err(e) = upload.file.write_all(data).await {
+            tracing::error!("cannot write upload {id}: {e}");
+            self.uploads.remove(&id);
+            return self.error(ErrorCode::StorageFull, id, "the server's disk is full; try again later");
+        }
+        upload.received += data.len() as u64;
+        upload.unreported += 1;
+        let (received, size, unreported) = (upload.received, upload.size, upload.unreported);
+        if received == size {
+            return self.finish_upload(id).await;
+        }
+        if unreported >= WINDOW / 4 {
+            if let Some(upload) = self.uploads.get_mut(&id) {
+                upload.unreported = 0;
+            }
+            let now = unix_millis();
+            self.ctx.hub.store().write_detached(move |conn| store::touch_upload(conn, id, now)).await?;
+            self.send(&ServerMessage::FileProgress { file: id, received }, Lane::Control)?;
+        }
+        Ok(())
+    }
+
+    /// Verifies a complete upload, stores it and announces it.
+    async fn finish_upload(&mut self, id: FileId) -> Result<(), End> {
+        use tokio::io::AsyncWriteExt;
+        let Some(mut upload) = self.uploads.remove(&id) else { return Ok(()) };
+        if let Err(e) = upload.file.flush().await.and(upload.file.sync_all().await) {
+            tracing::error!("cannot flush upload {id}: {e}");
+            return self.error(ErrorCode::StorageFull, id, "the server's disk is full; try again later");
+        }
+        drop(upload.file);
+        let disk = self.ctx.disk.clone();
+        let expected = upload.sha256;
+        let verified = tokio::task::spawn_blocking(move || {
+            let actual = sha256_of(&disk.partial(id))?;
+            if actual == expected {
+                disk.store_verified(id, &actual)?;
+            } else {
+                let _ = std::fs::remove_file(disk.partial(id));
+            }
+            std::io::Result::Ok(actual == expected)
+        })
+        .await
+        .map_err(|_| End::Transport("hashing task failed".into()))?;
+        match verified {
+            Ok(true) => {}
+            Ok(false) => {
+                self.ctx.hub.store().write(move |conn| store::delete_file(conn, id)).await?;
+                return self.error(ErrorCode::IntegrityFailed, id, "the content does not match its SHA-256");
+            }
+            Err(e) => {
+                tracing::error!("cannot store upload {id}: {e}");
+                return self.error(ErrorCode::StorageFull, id, "the server cannot store the file");
+            }
+        }
+        let info = FileInfo { id, name: truncated(&upload.name), size: upload.size, sha256: upload.sha256 };
+        let announcement = NewMessage {
+            sender: self.user.clone(),
+            // Announcements use ids clients never pick: the top bit set, then the file id.
+            client_id: (1 << 63) | id,
+            to: upload.to.clone(),
+            content: Content::File(info.clone()),
+            at: unix_millis(),
+        };
+        let addr = self.addr.clone();
+        let (_, event) = self
+            .ctx
+            .hub
+            .store()
+            .append_with(announcement, move |conn, message, appended| {
+                store::mark_stored(conn, id, appended.at)?;
+                let activity = NewActivity {
+                    at: appended.at,
+                    kind: ActivityKind::FileStored,
+                    user: message.sender.to_string(),
+                    addr,
+                    detail: format!(
+                        "{} shared {:?} ({} bytes, file {id}) with {}",
+                        message.sender,
+                        info.name.as_str(),
+                        info.size,
+                        message.to
+                    ),
+                };
+                store::record_activity(conn, &activity)
+            })
+            .await?;
+        self.ctx.hub.publish(event);
+        self.send(&ServerMessage::FileStored { file: id, sha256: upload.sha256 }, Lane::Control)
+    }
+
+    async fn on_download(&mut self, id: FileId, offset: u64) -> Result<(), End> {
+        let row = self.ctx.hub.store().read(move |conn| store::file(conn, id)).await?;
+        let Some(row) = row.filter(|row| row.stored) else {
+            return self.error(ErrorCode::NoSuchFile, id, "no such file");
+        };
+        let allowed = match &row.to {
+            Target::Room(room) => self.ctx.hub.is_member(room, &self.user),
+            Target::User(peer) => peer == &self.user || row.owner == self.user,
+        };
+        if !allowed {
+            return self.error(ErrorCode::Forbidden, id, "that file was not shared with you");
+        }
+        let file = match std::fs::File::open(self.ctx.disk.content(&row.info.sha256)) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::error!("file {id} is missing on disk: {e}");
+                return self.error(ErrorCode::Internal, id, "the file's content is missing on the server");
+            }
+        };
+        let offset = offset.min(row.info.size);
+        self.downloads.retain(|d| d.id != id);
+        self.downloads.push_back(Download { id, file, size: row.info.size, next: offset, acked: offset });
+        if offset == 0 {
+            let detail = format!(
+                "{} downloads {:?} (file {id}, {} bytes)",
+                self.user,
+                row.info.name.as_str(),
+                row.info.size
+            );
+            self.ctx.hub.record(ActivityKind::FileDownloaded, self.user.as_str(), &self.addr, detail).await;
+        }
+        self.send(&ServerMessage::FileStart { file: row.info, offset }, Lane::Control)?;
+        self.downloads.retain(|d| d.acked < d.size);
+        Ok(())
+    }
+
+    /// Sends download chunks, round-robin over the active downloads, while each is
+    /// within its window and the queue is not full; chunks take the bulk lane.
+    fn pump_downloads(&mut self) -> Result<(), End> {
+        self.downloads_blocked = false;
+        if self.downloads.is_empty() {
+            return Ok(());
+        }
+        let chunk_len = casataa_proto::limits::chunk_capacity(self.session.client_max_frame()).min(CHUNK_MAX);
+        let window = u64::from(WINDOW) * chunk_len as u64;
+        let mut chunk = vec![0u8; chunk_len];
+        loop {
+            if self.queue.bytes() >= BULK_HIGH_WATER {
+                self.downloads_blocked = true;
+                return Ok(());
+            }
+            let mut sent_any = false;
+            for _ in 0..self.downloads.len() {
+                let Some(mut download) = self.downloads.pop_front() else { break };
+                if download.next < download.size && download.next - download.acked < window {
+                    let read = download.read_next(&mut chunk, chunk_len);
+                    let id = download.id;
+                    self.downloads.push_back(download);
+                    let (offset, len) =
+                        read.map_err(|e| End::Transport(format!("cannot read file {id}: {e}")))?;
+                    let data = chunk.get(..len).unwrap_or_default();
+                    self.send(&ServerMessage::FileChunk(FileChunk { file: id, offset, data }), Lane::Bulk)?;
+                    sent_any = true;
+                } else {
+                    self.downloads.push_back(download);
+                }
+                if self.queue.bytes() >= BULK_HIGH_WATER {
+                    break;
+                }
+            }
+            if !sent_any {
+                return Ok(());
+            }
+        }
+    }
+
     fn on_hub_event(&mut self, event: HubEvent) -> Result<(), End> {
         match event {
             HubEvent::Presence(presence) => self.send(&ServerMessage::Presence(presence), Lane::Control),
@@ -866,7 +1162,10 @@ impl Live<'_> {
                         break;
                     }
                     let online = self.ctx.hub.is_online(&name);
-                    entries.push(UserEntry { user: name, role, disabled, online, storage_used: 0 });
+                    let owner = name.to_string();
+                    let storage_used =
+                        self.ctx.hub.store().read(move |conn| store::usage(conn, &owner)).await?;
+                    entries.push(UserEntry { user: name, role, disabled, online, storage_used });
                 }
                 let last = entries.len() < LIST_PAGE_MAX;
                 let mut page = BoundedVec::new();
@@ -875,7 +1174,20 @@ impl Live<'_> {
                 }
                 AdminResult::Users { users: page, last }
             }
-            AdminRequest::ListFiles { .. } => AdminResult::Files { files: BoundedVec::new(), last: true },
+            AdminRequest::ListFiles { after } => {
+                let files = self
+                    .ctx
+                    .hub
+                    .store()
+                    .read(move |conn| store::all_files(conn, after, LIST_PAGE_MAX))
+                    .await?;
+                let last = files.len() < LIST_PAGE_MAX;
+                let mut page = BoundedVec::new();
+                for entry in files {
+                    let _ = page.push(entry);
+                }
+                AdminResult::Files { files: page, last }
+            }
         };
         self.send(&ServerMessage::AdminResult { req, result }, Lane::Control)
     }

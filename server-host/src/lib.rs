@@ -9,6 +9,8 @@
 //! - [`hub`]: who is online, presence, typing, kicks, the admin feeds, login throttling.
 //! - [`connection`]: one connection from handshake to close.
 //! - [`transport`]: frames over TCP and WebSocket; the two-lane bounded outbound queue.
+//! - [`files`]: file bytes on disk (partial uploads, content-addressed store) and the
+//!   per-session transfer state.
 //! - [`server`]: listeners, the HTTP routes, graceful shutdown.
 //! - [`settings`]: configuration from defaults, file, environment and command line.
 
@@ -16,6 +18,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod connection;
+pub mod files;
 pub mod hub;
 pub mod server;
 pub mod settings;

@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use warp::Filter;
 
 use crate::connection::{self, Context};
+use crate::files::Disk;
 use crate::hub::Hub;
 use crate::settings::Settings;
 use crate::store::{self, Store};
@@ -48,8 +49,9 @@ pub async fn bind(settings: Settings) -> anyhow::Result<Bound> {
         .with_context(|| format!("cannot listen on {}", settings.http))?;
     let tcp_addr = tcp.local_addr()?;
     let http_addr = http.local_addr()?;
+    let disk = Disk::new(&settings.data_dir).context("cannot create the file areas")?;
     Ok(Bound {
-        context: Context { hub, settings: Arc::new(settings) },
+        context: Context { hub, settings: Arc::new(settings), disk },
         tcp,
         http,
         tcp_addr,
@@ -89,6 +91,7 @@ impl Bound {
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let tcp_task = tokio::spawn(accept_tcp(tcp, context.clone(), Arc::clone(&limit), stop_rx.clone()));
+        let cleanup_task = tokio::spawn(clean_abandoned_uploads(context.clone(), stop_rx.clone()));
         let routes = routes(context.clone(), Arc::clone(&limit));
         let mut http_stop = stop_rx.clone();
         let http_task = tokio::spawn(
@@ -104,6 +107,7 @@ impl Bound {
         tracing::info!("shutting down: no new connections, closing sessions");
         let _ = stop_tx.send(true);
         let _ = tcp_task.await;
+        let _ = cleanup_task.await;
         context.hub.close_all(CloseReason::Shutdown);
         // Sessions end once their goodbye is written; give them a moment.
         let all = u32::try_from(context.settings.max_connections).unwrap_or(u32::MAX);
@@ -112,6 +116,26 @@ impl Bound {
         context.hub.store().flush().await?;
         tracing::info!("store flushed; goodbye");
         Ok(())
+    }
+}
+
+/// Deletes uploads nobody has continued for `partial_ttl`, now and then.
+async fn clean_abandoned_uploads(context: Context, mut stop: watch::Receiver<bool>) {
+    let period = (context.settings.partial_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let before = unix_millis().saturating_sub(context.settings.partial_ttl.as_millis() as u64);
+        let store = context.hub.store();
+        let Ok(ids) = store.read(move |conn| store::abandoned_uploads(conn, before)).await else { continue };
+        for id in ids {
+            let _ = std::fs::remove_file(context.disk.partial(id));
+            if store.write(move |conn| store::delete_file(conn, id)).await.is_ok() {
+                tracing::info!("removed abandoned upload {id}");
+            }
+        }
     }
 }
 

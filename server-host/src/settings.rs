@@ -45,6 +45,8 @@ pub struct Settings {
     pub user_quota: u64,
     /// PBKDF2 iterations for new passphrases.
     pub kdf_iterations: u32,
+    /// How long an upload nobody continues is kept for resuming.
+    pub partial_ttl: Duration,
 }
 
 impl Settings {
@@ -68,6 +70,7 @@ impl Settings {
             max_file_size: 1 << 30,
             user_quota: 10 << 30,
             kdf_iterations: KDF_DEFAULT_ITERATIONS,
+            partial_ttl: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -118,6 +121,9 @@ impl Settings {
         if let Some(v) = file.user_quota {
             self.user_quota = v;
         }
+        if let Some(v) = file.partial_ttl_secs {
+            self.partial_ttl = Duration::from_secs_f64(v.max(1.0));
+        }
         if let Some(v) = file.kdf_iterations {
             self.kdf_iterations =
                 v.clamp(casataa_proto::limits::KDF_MIN_ITERATIONS, casataa_proto::limits::KDF_MAX_ITERATIONS);
@@ -146,6 +152,7 @@ struct FileConfig {
     max_file_size: Option<u64>,
     user_quota: Option<u64>,
     kdf_iterations: Option<u32>,
+    partial_ttl_secs: Option<f64>,
 }
 
 fn default_server_name() -> String {

@@ -24,6 +24,10 @@ pub use queries::{
     cursor, history, join, leave, memberships, messages_for, new_credentials, recent_activity,
     record_activity, rooms, set_credentials, set_disabled, user, user_count, users,
 };
+pub use queries::{
+    FileRow, abandoned_uploads, all_files, content_exists, create_upload, delete_file, file, files_for,
+    mark_stored, resumable_upload, touch_upload, usage,
+};
 
 /// Messages kept in memory after commit, so live delivery rarely reads SQLite.
 const RECENT_MAX: usize = 8192;

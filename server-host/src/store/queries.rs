@@ -3,7 +3,7 @@
 //! all run the same statements.
 
 use casataa_proto::handshake::{KdfAlgorithm, KdfParams, UserKey, derive_user_key};
-use casataa_proto::message::{ActivityEvent, ActivityKind, ChatMessage, Content};
+use casataa_proto::message::{ActivityEvent, ActivityKind, ChatMessage, Content, FileEntry, FileInfo};
 use casataa_proto::types::{Addr, ClientMsgId, Name, Role, Seq, Target, Text, UnixMillis, truncated};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -484,4 +484,196 @@ pub fn recent_activity(conn: &Connection, limit: usize) -> Result<Vec<ActivityEv
     let mut out: Vec<ActivityEvent> = rows.collect::<Result<_, _>>()?;
     out.reverse();
     Ok(out)
+}
+
+/// A file row.
+#[derive(Debug, Clone)]
+pub struct FileRow {
+    /// Metadata as shown to clients.
+    pub info: FileInfo,
+    /// Who uploaded it.
+    pub owner: Name,
+    /// Where it was shared.
+    pub to: Target,
+    /// Whether the upload is complete and verified.
+    pub stored: bool,
+    /// When the row was created.
+    pub created_at: UnixMillis,
+}
+
+const FILE_COLUMNS: &str = "id, owner, name, size, sha256, room, dm_to, state, created_at";
+
+type FileSqlRow = (i64, String, String, i64, Vec<u8>, Option<String>, Option<String>, i64, i64);
+
+fn file_sql_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FileSqlRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+    ))
+}
+
+fn file_row(row: FileSqlRow) -> Result<FileRow, StoreError> {
+    let (id, owner, name, size, sha, room, dm_to, state, created_at) = row;
+    let to = match (room, dm_to) {
+        (Some(room), None) => Target::Room(name_from_sql(room)?),
+        (None, Some(user)) => Target::User(name_from_sql(user)?),
+        _ => return Err(StoreError::Corrupt(format!("file {id} has no single target"))),
+    };
+    let sha256 = sha.try_into().map_err(|_| StoreError::Corrupt(format!("sha256 of file {id}")))?;
+    Ok(FileRow {
+        info: FileInfo { id: id as u64, name: truncated(&name), size: size as u64, sha256 },
+        owner: name_from_sql(owner)?,
+        to,
+        stored: state == 1,
+        created_at: created_at as UnixMillis,
+    })
+}
+
+/// A file by id.
+pub fn file(conn: &Connection, id: u64) -> Result<Option<FileRow>, StoreError> {
+    let row = conn
+        .query_row(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1"), [id as i64], file_sql_row)
+        .optional()?;
+    row.map(file_row).transpose()
+}
+
+/// An unfinished upload of the same content by the same owner to the same place.
+pub fn resumable_upload(
+    conn: &Connection,
+    owner: &str,
+    sha256: &[u8; 32],
+    size: u64,
+    to: &Target,
+) -> Result<Option<u64>, StoreError> {
+    let (room, dm_to) = target_columns(to);
+    let id: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM files WHERE owner = ?1 AND sha256 = ?2 AND size = ?3 AND state = 0
+             AND room IS ?4 AND dm_to IS ?5 ORDER BY id DESC LIMIT 1",
+            params![owner, &sha256[..], size as i64, room, dm_to],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(id.map(|id| id as u64))
+}
+
+/// Whether a stored file already holds this content.
+pub fn content_exists(conn: &Connection, sha256: &[u8; 32], size: u64) -> Result<bool, StoreError> {
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM files WHERE sha256 = ?1 AND size = ?2 AND state = 1 LIMIT 1",
+            params![&sha256[..], size as i64],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(found.is_some())
+}
+
+fn target_columns(to: &Target) -> (Option<&str>, Option<&str>) {
+    match to {
+        Target::Room(room) => (Some(room.as_str()), None),
+        Target::User(user) => (None, Some(user.as_str())),
+    }
+}
+
+/// Creates an upload row; returns its id.
+pub fn create_upload(
+    conn: &Connection,
+    owner: &Name,
+    name: &str,
+    size: u64,
+    sha256: &[u8; 32],
+    to: &Target,
+    now: UnixMillis,
+) -> Result<u64, StoreError> {
+    let (room, dm_to) = target_columns(to);
+    let pair = match to {
+        Target::User(user) => Some(pair_key(owner, user)),
+        Target::Room(_) => None,
+    };
+    conn.execute(
+        "INSERT INTO files (owner, name, size, sha256, room, dm_to, dm_pair, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8)",
+        params![owner.as_str(), name, size as i64, &sha256[..], room, dm_to, pair, now as i64],
+    )?;
+    Ok(conn.last_insert_rowid() as u64)
+}
+
+/// Notes that an upload made progress (for the clean-up of abandoned ones).
+pub fn touch_upload(conn: &Connection, id: u64, now: UnixMillis) -> Result<(), StoreError> {
+    conn.execute("UPDATE files SET updated_at = ?2 WHERE id = ?1", params![id as i64, now as i64])?;
+    Ok(())
+}
+
+/// Marks an upload stored.
+pub fn mark_stored(conn: &Connection, id: u64, now: UnixMillis) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE files SET state = 1, updated_at = ?2 WHERE id = ?1",
+        params![id as i64, now as i64],
+    )?;
+    Ok(())
+}
+
+/// Deletes a file row.
+pub fn delete_file(conn: &Connection, id: u64) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM files WHERE id = ?1", [id as i64])?;
+    Ok(())
+}
+
+/// Uploads not touched since `before`.
+pub fn abandoned_uploads(conn: &Connection, before: UnixMillis) -> Result<Vec<u64>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id FROM files WHERE state = 0 AND updated_at < ?1")?;
+    let rows = stmt.query_map([before as i64], |row| row.get::<_, i64>(0))?;
+    rows.map(|row| Ok(row? as u64)).collect()
+}
+
+/// Bytes of files (stored and in progress) a user owns.
+pub fn usage(conn: &Connection, owner: &str) -> Result<u64, StoreError> {
+    Ok(conn.query_row("SELECT COALESCE(SUM(size), 0) FROM files WHERE owner = ?1", [owner], |row| {
+        row.get::<_, i64>(0)
+    })? as u64)
+}
+
+/// Stored files `user` may download (rooms the user is in, the user's direct
+/// conversations), newest first, with ids below `before`.
+pub fn files_for(
+    conn: &Connection,
+    user: &str,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<FileEntry>, StoreError> {
+    let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {FILE_COLUMNS} FROM files
+         WHERE state = 1 AND id < ?2
+           AND (room IN (SELECT room FROM members WHERE user = ?1) OR dm_to = ?1 OR (owner = ?1 AND dm_to IS NOT NULL))
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![user, before, limit as i64], file_sql_row)?;
+    rows.map(|row| {
+        let row = file_row(row?)?;
+        Ok(FileEntry { file: row.info, owner: row.owner, to: row.to, at: row.created_at })
+    })
+    .collect()
+}
+
+/// Every stored file, oldest first, with ids above `after` (admin view).
+pub fn all_files(conn: &Connection, after: Option<u64>, limit: usize) -> Result<Vec<FileEntry>, StoreError> {
+    let after = after.map_or(0, |a| a.min(i64::MAX as u64) as i64);
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {FILE_COLUMNS} FROM files WHERE state = 1 AND id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![after, limit as i64], file_sql_row)?;
+    rows.map(|row| {
+        let row = file_row(row?)?;
+        Ok(FileEntry { file: row.info, owner: row.owner, to: row.to, at: row.created_at })
+    })
+    .collect()
 }

@@ -2,7 +2,7 @@
 //! migrations here and bump `SCHEMA_VERSION`.
 
 /// Stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -52,6 +52,23 @@ CREATE TABLE IF NOT EXISTS cursors (
     seq    INTEGER NOT NULL,
     PRIMARY KEY (user, device)
 ) WITHOUT ROWID;
+-- Files: one row per upload. `state` 0 = uploading (bytes in data/partial/ID), 1 =
+-- stored (bytes in data/files/SHA256, shared by every row with that content).
+CREATE TABLE IF NOT EXISTS files (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner      TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    sha256     BLOB NOT NULL,
+    room       TEXT,
+    dm_to      TEXT,
+    dm_pair    TEXT,
+    state      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_content ON files (sha256, size, state);
+CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, state);
 CREATE TABLE IF NOT EXISTS activity (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
     at     INTEGER NOT NULL,

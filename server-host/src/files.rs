@@ -1,0 +1,139 @@
+//! Files on disk: uploads in progress under `DATA/partial/ID`, verified content under
+//! `DATA/files/AB/ABCDEF…` named by its SHA-256 (identical content is stored once),
+//! and the per-session state of transfers.
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use casataa_proto::types::{FileId, Sha256Digest, Target};
+use sha2::{Digest, Sha256};
+
+/// Chunks a peer may have in flight beyond the last progress report.
+pub const WINDOW: u16 = 16;
+
+/// Where file bytes live.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    root: PathBuf,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Disk {
+    /// The file areas of a data directory (created if missing).
+    pub fn new(data_dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(data_dir.join("partial"))?;
+        std::fs::create_dir_all(data_dir.join("files"))?;
+        Ok(Self { root: data_dir.to_path_buf() })
+    }
+
+    /// The partial file of an upload.
+    pub fn partial(&self, id: FileId) -> PathBuf {
+        self.root.join("partial").join(id.to_string())
+    }
+
+    /// Where verified content with this digest lives.
+    pub fn content(&self, sha256: &Sha256Digest) -> PathBuf {
+        let name = hex(sha256);
+        self.root.join("files").join(name.get(..2).unwrap_or("00")).join(name)
+    }
+
+    /// Moves a verified upload into the content store (dropping it if the content is
+    /// already there).
+    pub fn store_verified(&self, id: FileId, sha256: &Sha256Digest) -> io::Result<()> {
+        let target = self.content(sha256);
+        if target.exists() {
+            return std::fs::remove_file(self.partial(id));
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(self.partial(id), target)
+    }
+}
+
+/// SHA-256 of a file's whole content.
+pub fn sha256_of(path: &Path) -> io::Result<Sha256Digest> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// An upload this session receives.
+#[derive(Debug)]
+pub struct Upload {
+    /// The partial file, open for appending.
+    pub file: tokio::fs::File,
+    /// The name the sender gave.
+    pub name: String,
+    /// Declared size.
+    pub size: u64,
+    /// Bytes held.
+    pub received: u64,
+    /// Declared digest.
+    pub sha256: Sha256Digest,
+    /// Where it goes.
+    pub to: Target,
+    /// Chunks since the last progress report.
+    pub unreported: u16,
+}
+
+/// A download this session sends.
+#[derive(Debug)]
+pub struct Download {
+    /// The file's id.
+    pub id: FileId,
+    /// The content.
+    pub file: std::fs::File,
+    /// Its size.
+    pub size: u64,
+    /// Next byte to send.
+    pub next: u64,
+    /// Bytes the client reported holding.
+    pub acked: u64,
+}
+
+impl Download {
+    /// Reads the next chunk of at most `max` bytes into `buf`; returns its offset and
+    /// length.
+    pub fn read_next(&mut self, buf: &mut [u8], max: usize) -> io::Result<(u64, usize)> {
+        let offset = self.next;
+        let want = (self.size - self.next).min(max as u64) as usize;
+        let slice = buf.get_mut(..want).ok_or_else(|| io::Error::other("chunk buffer too small"))?;
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.read_exact(slice)?;
+        self.next += want as u64;
+        Ok((offset, want))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_paths_are_split_by_the_first_byte_and_identical_content_is_kept_once() {
+        let dir = std::env::temp_dir().join(format!("casataa-disk-{}", std::process::id()));
+        let disk = Disk::new(&dir).unwrap();
+        let sha = [0xab; 32];
+        assert!(disk.content(&sha).ends_with(format!("files/ab/{}", "ab".repeat(32))));
+        std::fs::write(disk.partial(1), b"one").unwrap();
+        disk.store_verified(1, &sha).unwrap();
+        std::fs::write(disk.partial(2), b"one").unwrap();
+        disk.store_verified(2, &sha).unwrap();
+        assert!(!disk.partial(2).exists());
+        assert_eq!(std::fs::read(disk.content(&sha)).unwrap(), b"one");
+        assert_eq!(sha256_of(&disk.content(&sha)).unwrap(), <[u8; 32]>::from(Sha256::digest(b"one")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
