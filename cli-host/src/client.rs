@@ -57,6 +57,9 @@ pub struct ConnectOptions {
     pub resume: Option<(ServerId, Seq)>,
     /// How long connecting and logging in may take.
     pub timeout: Duration,
+    /// Whether deliveries are acknowledged. Tools that do not show messages say no,
+    /// so the messages stay for the device's next reader.
+    pub acknowledge: bool,
 }
 
 /// What can go wrong.
@@ -176,6 +179,7 @@ impl Client {
         if let Some((server_id, delivered)) = options.resume {
             session.resume(server_id, delivered);
         }
+        session.set_acknowledging(options.acknowledge);
         let mut client = Self {
             session,
             read,
@@ -218,6 +222,11 @@ impl Client {
     /// The server's welcome.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// The largest frame the server accepts.
+    pub fn server_max_frame(&self) -> usize {
+        self.session.server_max_frame()
     }
 
     /// The highest sequence number received in the delivery stream.

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use casataa_proto::message::{ChatMessage, Content, Presence};
+use casataa_proto::message::{ChatMessage, Content, FileEntry, Presence};
 
 /// Escapes `s` as a JSON string, quotes included.
 pub fn string(s: &str) -> String {
@@ -50,6 +50,20 @@ pub fn message(m: &ChatMessage) -> String {
         string(&text),
         m.at,
         m.client_id
+    )
+}
+
+/// A file one may download: `id`, `name`, `size`, `from`, `to`, `sha256`, `at`.
+pub fn file_entry(entry: &FileEntry) -> String {
+    let sha: String = entry.file.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{{\"id\":{},\"name\":{},\"size\":{},\"from\":{},\"to\":{},\"sha256\":\"{sha}\",\"at\":{}}}",
+        entry.file.id,
+        string(&entry.file.name),
+        entry.file.size,
+        string(&entry.owner),
+        string(&entry.to.to_string()),
+        entry.at
     )
 }
 

@@ -7,6 +7,7 @@
 //! - [`client`]: connect, log in, send, receive, request.
 //! - [`state`]: the device identity and delivery watermark kept between runs.
 //! - [`json`]: the one-object-per-line output of `--json`.
+//! - [`transfer`]: file upload and download, windowed, resumable, verified.
 
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -14,5 +15,6 @@
 pub mod client;
 pub mod json;
 pub mod state;
+pub mod transfer;
 
 pub use client::{Client, ClientError, ConnectOptions, Event, Secret};

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use casataa_cli::client::{Client, ClientError, ConnectOptions, Event, Secret};
 use casataa_cli::json;
 use casataa_cli::state::{self, UserState};
+use casataa_cli::transfer::{self, Destination};
 use casataa_proto::message::{
     ActivityEvent, AdminRequest, AdminResult, ChatMessage, ClientMessage, Content, HistoryRequest,
     ServerMessage, SessionInfo,
@@ -59,6 +60,28 @@ enum Command {
     },
     /// Who is online.
     Who {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Share a file with a room or a person (resumes when rerun).
+    Put {
+        /// The file.
+        path: PathBuf,
+        /// '#room' or '@user'.
+        #[arg(long)]
+        to: String,
+    },
+    /// Download a shared file by id (resumes when rerun); never overwrites.
+    Get {
+        /// The file's id (from `casataa files` or the announcement).
+        id: u64,
+        /// Where to write it (default: the current directory, under its name).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// The files you may download.
+    Files {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -147,7 +170,7 @@ struct Session {
     state: UserState,
 }
 
-async fn connect(cli: &Cli) -> anyhow::Result<Session> {
+async fn connect(cli: &Cli, acknowledge: bool) -> anyhow::Result<Session> {
     let user = cli.user.as_deref().context("who are you? give --user NAME (or CASATAA_USER)")?;
     let user = Name::new(user).map_err(|e| anyhow::anyhow!("invalid user name {user:?}: {e}"))?;
     let passphrase = match std::env::var("CASATAA_PASSPHRASE") {
@@ -167,6 +190,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Session> {
         kind: ClientKind::Cli,
         resume: state.last_server(),
         timeout: Duration::from_secs(30),
+        acknowledge,
     };
     let client = Client::connect(options).await.map_err(|e| match e {
         ClientError::Refused(why) => anyhow::anyhow!("login refused: {why}"),
@@ -181,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send { to, text } => {
             let to = parse_target(to)?;
             let text = body(&text.join(" "))?;
-            let mut session = connect(&cli).await?;
+            let mut session = connect(&cli, false).await?;
             let seq = session.client.send_text(to, text).await?;
             session.client.close().await?;
             if std::io::stdout().is_terminal() {
@@ -190,11 +214,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tail { json, count, for_secs } => {
-            let session = connect(&cli).await?;
+            let session = connect(&cli, true).await?;
             tail(session, *json, *count, for_secs.map(Duration::from_secs_f64)).await
         }
         Command::Who { json } => {
-            let mut session = connect(&cli).await?;
+            let mut session = connect(&cli, false).await?;
             session.client.request(&ClientMessage::ListOnline).await?;
             let mut users = Vec::new();
             loop {
@@ -221,12 +245,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Chat => {
-            let mut session = connect(&cli).await?;
+            let mut session = connect(&cli, true).await?;
             chat(&mut session).await
         }
         Command::Admin { command } => {
-            let mut session = connect(&cli).await?;
+            let mut session = connect(&cli, false).await?;
             admin(&mut session, command).await
+        }
+        Command::Put { path, to } => {
+            let to = parse_target(to)?;
+            let mut session = connect(&cli, false).await?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut bar = ProgressBar::new(&name);
+            let id = transfer::upload(&mut session.client, path, to, |done, total| bar.update(done, total))
+                .await
+                .with_context(|| format!("cannot share {}", path.display()))?;
+            bar.finish();
+            println!("shared {name} as file {id}");
+            session.client.close().await?;
+            Ok(())
+        }
+        Command::Get { id, output } => {
+            let mut session = connect(&cli, false).await?;
+            let destination = match output {
+                Some(path) if path.is_dir() => Destination::Directory(path.clone()),
+                Some(path) => Destination::File(path.clone()),
+                None => Destination::Directory(PathBuf::from(".")),
+            };
+            let mut bar = ProgressBar::new(&format!("file {id}"));
+            let (path, _) = transfer::download(&mut session.client, *id, destination, |done, total| {
+                bar.update(done, total)
+            })
+            .await
+            .with_context(|| format!("cannot download file {id}"))?;
+            bar.finish();
+            println!("saved {}", path.display());
+            session.client.close().await?;
+            Ok(())
+        }
+        Command::Files { json } => {
+            let mut session = connect(&cli, false).await?;
+            let mut before = None;
+            loop {
+                session.client.request(&ClientMessage::ListFiles { before }).await?;
+                let (files, last) = session
+                    .client
+                    .wait_for(|e| match e {
+                        Event::Message(ServerMessage::FileList { files, last }) => {
+                            Some((files.clone(), *last))
+                        }
+                        _ => None,
+                    })
+                    .await?;
+                for entry in &files {
+                    if *json {
+                        println!("{}", json::file_entry(entry));
+                    } else {
+                        println!(
+                            "{:>6}  {:<40} {:>12}  {} → {}",
+                            entry.file.id,
+                            sanitize(&entry.file.name),
+                            entry.file.size,
+                            entry.owner,
+                            entry.to
+                        );
+                    }
+                }
+                before = files.last().map(|f| f.file.id);
+                if last || before.is_none() {
+                    break;
+                }
+            }
+            session.client.close().await?;
+            Ok(())
         }
     }
 }
@@ -521,4 +612,70 @@ fn show_activity(event: &ActivityEvent) -> String {
         event.addr,
         detail
     )
+}
+
+/// Progress on standard error: a redrawn bar on a terminal, a plain line per 10%
+/// otherwise.
+struct ProgressBar {
+    name: String,
+    started: std::time::Instant,
+    terminal: bool,
+    last_draw: Option<std::time::Instant>,
+    last_decile: u64,
+    start_bytes: Option<u64>,
+}
+
+impl ProgressBar {
+    fn new(name: &str) -> Self {
+        Self {
+            name: sanitize(name),
+            started: std::time::Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            last_draw: None,
+            last_decile: u64::MAX,
+            start_bytes: None,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        let start = *self.start_bytes.get_or_insert(done);
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = (done - start) as f64 / elapsed;
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
+        let eta = if rate > 0.0 { (total - done) as f64 / rate } else { f64::INFINITY };
+        let line = format!(
+            "{} {percent:>3}% {} / {} {}/s ETA {}",
+            self.name,
+            human(done as f64),
+            human(total as f64),
+            human(rate),
+            if eta.is_finite() { format!("{eta:.0} s") } else { "?".into() }
+        );
+        if self.terminal {
+            if self.last_draw.is_none_or(|t| t.elapsed().as_millis() >= 100) || done == total {
+                self.last_draw = Some(std::time::Instant::now());
+                eprint!("\r\x1b[2K{line}");
+            }
+        } else if percent / 10 != self.last_decile {
+            self.last_decile = percent / 10;
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}
+
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("B"))
 }

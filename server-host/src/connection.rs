@@ -1036,9 +1036,11 @@ impl Live<'_> {
         }
         let chunk_len = casataa_proto::limits::chunk_capacity(self.session.client_max_frame()).min(CHUNK_MAX);
         let window = u64::from(WINDOW) * chunk_len as u64;
+        // Leave at least half the queue for chat and control frames.
+        let high_water = (self.ctx.settings.out_queue_bytes / 2).min(BULK_HIGH_WATER);
         let mut chunk = vec![0u8; chunk_len];
         loop {
-            if self.queue.bytes() >= BULK_HIGH_WATER {
+            if self.queue.bytes() >= high_water {
                 self.downloads_blocked = true;
                 return Ok(());
             }
@@ -1057,7 +1059,7 @@ impl Live<'_> {
                 } else {
                     self.downloads.push_back(download);
                 }
-                if self.queue.bytes() >= BULK_HIGH_WATER {
+                if self.queue.bytes() >= high_water {
                     break;
                 }
             }

@@ -402,6 +402,7 @@ async fn the_first_start_creates_admin_and_a_provisioned_key_logs_in() {
         kind: casataa_proto::types::ClientKind::Terminal,
         resume: None,
         timeout: Duration::from_secs(10),
+        acknowledge: true,
     };
     assert!(Client::connect(options).await.is_ok());
 }

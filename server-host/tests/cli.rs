@@ -139,3 +139,32 @@ fn chat_reads_commands_and_lines_from_standard_input() {
     ));
     assert!(history.contains("\"to\":\"#lunch\",\"text\":\"pizza at noon?\""), "{history}");
 }
+
+#[test]
+fn put_files_and_get_share_a_file_without_overwriting() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let state = server.data.join("client-state");
+    let dir = server.data.join("work");
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("notes.txt");
+    std::fs::write(&source, "meeting at ten\n".repeat(1000)).unwrap();
+    let put =
+        stdout(&run(&server, &state, "alice", "pa", &["put", source.to_str().unwrap(), "--to", "#general"]));
+    assert!(put.contains("shared notes.txt as file 1"), "{put}");
+
+    let files = stdout(&run(&server, &state, "bob", "pb", &["files", "--json"]));
+    assert!(
+        files.starts_with("{\"id\":1,\"name\":\"notes.txt\",\"size\":15000,\"from\":\"alice\",\"to\":\"#general\",\"sha256\":\""),
+        "{files}"
+    );
+    let target = dir.join("copy.txt");
+    for expected in ["copy.txt", "copy (1).txt"] {
+        let got = stdout(&run(&server, &state, "bob", "pb", &["get", "1", "-o", target.to_str().unwrap()]));
+        assert!(got.contains(expected), "{got}");
+        assert_eq!(std::fs::read(dir.join(expected)).unwrap(), std::fs::read(&source).unwrap());
+    }
+    // The announcement is still waiting for bob's reader: `files` and `get` did not
+    // acknowledge it.
+    let tail = stdout(&run(&server, &state, "bob", "pb", &["tail", "--json", "--count", "1", "--for", "10"]));
+    assert!(tail.contains("\"file\":{\"id\":1,\"name\":\"notes.txt\""), "{tail}");
+}

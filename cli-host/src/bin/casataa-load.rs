@@ -127,6 +127,7 @@ async fn connect(server: &str, user: &str, secret: Secret, i: usize) -> anyhow::
         kind: ClientKind::Cli,
         resume: None,
         timeout: Duration::from_secs(60),
+        acknowledge: true,
     })
     .await?)
 }

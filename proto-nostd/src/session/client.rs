@@ -81,6 +81,7 @@ pub struct ClientSession<const OUTBOX: usize = OUTBOX_DEFAULT> {
     acked: Seq,
     login_pending: bool,
     pong_pending: Option<u64>,
+    acknowledging: bool,
 }
 
 impl<const OUTBOX: usize> ClientSession<OUTBOX> {
@@ -103,6 +104,7 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             acked: 0,
             login_pending: false,
             pong_pending: None,
+            acknowledging: true,
         }
     }
 
@@ -258,7 +260,7 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
         if let Some(nonce) = self.pong_pending.take() {
             return seal_message(sealer, &ClientMessage::Pong { nonce }, out, max).map(Some);
         }
-        if self.delivered > self.acked {
+        if self.acknowledging && self.delivered > self.acked {
             let up_to = self.delivered;
             let len = seal_message(sealer, &ClientMessage::Ack { up_to }, out, max)?;
             self.acked = up_to;
@@ -307,6 +309,13 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
     pub fn resume(&mut self, server_id: ServerId, delivered: Seq) {
         self.server_id = Some(server_id);
         self.delivered = delivered;
+    }
+
+    /// Whether deliveries are acknowledged (the default). A client that does not show
+    /// messages — a one-shot `send`, a file transfer — turns this off, so the server
+    /// keeps them for the device's next reader.
+    pub fn set_acknowledging(&mut self, acknowledging: bool) {
+        self.acknowledging = acknowledging;
     }
 
     /// The server this session last talked to.

@@ -99,7 +99,7 @@ impl TestServer {
             .arg("--data")
             .arg(&self.data)
             .args(["serve", "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("CASATAA_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -163,6 +163,7 @@ impl TestServer {
             kind: ClientKind::Cli,
             resume: None,
             timeout: Duration::from_secs(20),
+            acknowledge: true,
         })
         .await
     }

@@ -1,0 +1,275 @@
+//! File sharing through a real server: round trip, permissions, limits, hostile names,
+//! offline recipients, and resuming both directions.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use casataa_cli::client::{Client, Event};
+use casataa_cli::transfer::{self, Destination, TransferError, sha256_file};
+use casataa_proto::message::{ClientMessage, Content, ErrorCode, FileChunk, FileOffer, ServerMessage};
+use casataa_proto::types::Target;
+use common::{TestServer, name};
+use tokio::time::timeout;
+
+fn scratch(server: &TestServer, name: &str) -> PathBuf {
+    let dir = server.data.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A file of `len` pseudo-random bytes.
+fn random_file(path: &Path, len: usize) {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ len as u64;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn general() -> Target {
+    Target::Room(name("general"))
+}
+
+async fn announcement(client: &mut Client) -> casataa_proto::message::FileInfo {
+    timeout(
+        Duration::from_secs(20),
+        client.wait_for(|e| match e {
+            Event::Message(ServerMessage::Deliver(m)) => match &m.content {
+                Content::File(info) => Some(info.clone()),
+                Content::Text(_) => None,
+            },
+            _ => None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_file_arrives_with_the_same_sha256() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let dir = scratch(&server, "t");
+    let source = dir.join("big.bin");
+    random_file(&source, 100 << 20);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let id = transfer::upload(&mut alice, &source, general(), |_, _| {}).await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let info = announcement(&mut bob).await;
+    assert_eq!((info.id, info.name.as_str(), info.size), (id, "big.bin", 100 << 20));
+    let out = scratch(&server, "bob-downloads");
+    let (path, _) =
+        transfer::download(&mut bob, id, Destination::Directory(out.clone()), |_, _| {}).await.unwrap();
+    assert_eq!(path, out.join("big.bin"));
+    assert_eq!(sha256_file(&path).unwrap(), sha256_file(&source).unwrap());
+    // The same content shared again is stored once.
+    let again = transfer::upload(&mut alice, &source, general(), |_, _| {}).await.unwrap();
+    assert_ne!(again, id);
+    let stored: Vec<_> = std::fs::read_dir(server.data.join("files")).unwrap().collect();
+    assert_eq!(stored.len(), 1, "one content directory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_people_it_was_shared_with_may_download() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false), ("eve", "pe", false)]);
+    let dir = scratch(&server, "t");
+    let source = dir.join("secret.txt");
+    random_file(&source, 10_000);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let id = transfer::upload(&mut alice, &source, Target::User(name("bob")), |_, _| {}).await.unwrap();
+    let mut eve = server.connect("eve", "pe").await.unwrap();
+    let refused = transfer::download(&mut eve, id, Destination::Directory(dir.clone()), |_, _| {}).await;
+    assert!(matches!(refused, Err(TransferError::Refused(ErrorCode::Forbidden, _))), "{refused:?}");
+    // And eve's file list does not show it; bob's does.
+    eve.request(&ClientMessage::ListFiles { before: None }).await.unwrap();
+    let listed = eve
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::FileList { files, .. }) => Some(files.len()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed, 0);
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let out = scratch(&server, "bob");
+    let (path, _) = transfer::download(&mut bob, id, Destination::Directory(out), |_, _| {}).await.unwrap();
+    assert_eq!(sha256_file(&path).unwrap(), sha256_file(&source).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_offers_and_quota_are_refused_before_anything_is_written() {
+    let server =
+        TestServer::start_with(&[("alice", "pa", false)], "max_file_size = 1000000\nuser_quota = 1500000");
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let offer = |size| {
+        ClientMessage::FileOffer(FileOffer {
+            transfer: 7,
+            name: "x.bin".try_into().unwrap(),
+            size,
+            sha256: [0; 32],
+            to: general(),
+        })
+    };
+    alice.request(&offer(1_000_001)).await.unwrap();
+    let code = alice
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::Error(report)) if report.about == 7 => Some(report.code),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(code, ErrorCode::TooLarge);
+    assert_eq!(std::fs::read_dir(server.data.join("partial")).unwrap().count(), 0, "nothing written");
+
+    let dir = scratch(&server, "t");
+    let first = dir.join("one.bin");
+    random_file(&first, 900_000);
+    transfer::upload(&mut alice, &first, general(), |_, _| {}).await.unwrap();
+    let second = dir.join("two.bin");
+    random_file(&second, 700_000);
+    let over = transfer::upload(&mut alice, &second, general(), |_, _| {}).await;
+    assert!(matches!(over, Err(TransferError::Refused(ErrorCode::QuotaExceeded, _))), "{over:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_are_stored_as_data_and_written_safely() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let out = scratch(&server, "downloads");
+    let long = "n".repeat(120);
+    for (i, hostile) in ["../../etc/passwd", "a\0b\nc.txt", ".bashrc", long.as_str()].into_iter().enumerate()
+    {
+        // Offer the file under the hostile name directly (a local file cannot have it).
+        let data = vec![i as u8; 1000];
+        let sha256: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
+        let offer =
+            FileOffer { transfer: 2, name: hostile.try_into().unwrap(), size: 1000, sha256, to: general() };
+        alice.request(&ClientMessage::FileOffer(offer)).await.unwrap();
+        let id = alice
+            .wait_for(|e| match e {
+                Event::Message(ServerMessage::FileAccepted { transfer: 2, file, .. }) => Some(*file),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        alice
+            .request(&ClientMessage::FileChunk(FileChunk { file: id, offset: 0, data: &data }))
+            .await
+            .unwrap();
+        alice
+            .wait_for(|e| {
+                matches!(e, Event::Message(ServerMessage::FileStored { file, .. }) if *file == id)
+                    .then_some(())
+            })
+            .await
+            .unwrap();
+        let info = announcement(&mut bob).await;
+        assert_eq!(info.name.as_str(), hostile, "the name is kept as data");
+        let (path, _) =
+            transfer::download(&mut bob, id, Destination::Directory(out.clone()), |_, _| {}).await.unwrap();
+        assert_eq!(path.parent(), Some(out.as_path()), "{path:?} stays in the download directory");
+        let written = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!written.starts_with('.') && !written.chars().any(char::is_control), "{written:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+    assert!(!server.data.join("etc").exists());
+    // The same name twice: the second download gets a free name.
+    let (first, _) =
+        transfer::download(&mut bob, 1, Destination::Directory(out.clone()), |_, _| {}).await.unwrap();
+    assert_ne!(first, out.join("_.._etc_passwd"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_the_announcement_and_downloads_later() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let dir = scratch(&server, "t");
+    let source = dir.join("photo.jpg");
+    random_file(&source, 300_000);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let id = transfer::upload(&mut alice, &source, Target::User(name("bob")), |_, _| {}).await.unwrap();
+    drop(alice);
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let info = announcement(&mut bob).await;
+    assert_eq!((info.id, info.name.as_str()), (id, "photo.jpg"));
+    let (path, _) =
+        transfer::download(&mut bob, id, Destination::File(dir.join("from-alice.jpg")), |_, _| {})
+            .await
+            .unwrap();
+    assert_eq!(path, dir.join("from-alice.jpg"));
+    assert_eq!(sha256_file(&path).unwrap(), sha256_file(&source).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_and_download_resume_without_resending() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let dir = scratch(&server, "t");
+    let source = dir.join("resume.bin");
+    random_file(&source, 3 << 20);
+    let bytes = std::fs::read(&source).unwrap();
+    let sha256 = sha256_file(&source).unwrap();
+
+    // Upload the first megabyte, then the connection drops.
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let offer = FileOffer {
+        transfer: 1,
+        name: "resume.bin".try_into().unwrap(),
+        size: bytes.len() as u64,
+        sha256,
+        to: general(),
+    };
+    alice.request(&ClientMessage::FileOffer(offer)).await.unwrap();
+    let id = alice
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::FileAccepted { transfer: 1, file, offset: 0, .. }) => Some(*file),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    for (i, piece) in bytes[..1 << 20].chunks(32 * 1024).enumerate() {
+        let chunk = FileChunk { file: id, offset: (i * 32 * 1024) as u64, data: piece };
+        alice.request(&ClientMessage::FileChunk(chunk)).await.unwrap();
+    }
+    alice.request(&ClientMessage::Ping { nonce: 1 }).await.unwrap();
+    alice
+        .wait_for(|e| matches!(e, Event::Message(ServerMessage::Pong { nonce: 1 })).then_some(()))
+        .await
+        .unwrap();
+    drop(alice);
+
+    // Offered again, it continues from the server's offset.
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut first_progress = None;
+    let resumed = transfer::upload(&mut alice, &source, general(), |done, _| {
+        first_progress.get_or_insert(done);
+    })
+    .await
+    .unwrap();
+    assert_eq!(resumed, id, "the same upload continued");
+    assert_eq!(first_progress, Some(1 << 20), "it started from the megabyte the server held");
+
+    // A download with half the file already on disk asks only for the rest.
+    let out = scratch(&server, "bob");
+    std::fs::write(out.join(format!(".casataa-{id}.part")), &bytes[..1_500_000]).unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let mut first_progress = None;
+    let (path, _) = transfer::download(&mut bob, id, Destination::Directory(out.clone()), |done, _| {
+        first_progress.get_or_insert(done);
+    })
+    .await
+    .unwrap();
+    assert_eq!(first_progress, Some(1_500_000));
+    assert_eq!(std::fs::read(path).unwrap(), bytes);
+    // A partial file that was corrupted is caught by the digest and removed.
+    std::fs::write(out.join(format!(".casataa-{id}.part")), vec![0u8; 1_000_000]).unwrap();
+    let corrupt = transfer::download(&mut bob, id, Destination::Directory(out.clone()), |_, _| {}).await;
+    assert!(matches!(corrupt, Err(TransferError::Corrupt)), "{corrupt:?}");
+    assert!(!out.join(format!(".casataa-{id}.part")).exists());
+}
