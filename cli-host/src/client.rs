@@ -12,9 +12,9 @@ use casataa_proto::ClientSession;
 use casataa_proto::frame::{StreamItem, decode_stream, length_prefix};
 use casataa_proto::handshake::{Refusal, UserKey, derive_user_key};
 use casataa_proto::limits::{FRAME_MAX, HANDSHAKE_FRAME_MAX};
-use casataa_proto::message::{ClientMessage, CloseReason, ErrorCode, ServerMessage, Welcome};
+use casataa_proto::message::{ClientMessage, CloseReason, ErrorCode, FileChunk, ServerMessage, Welcome};
 use casataa_proto::session::{ClientConfig, ClientEvent, SessionError};
-use casataa_proto::types::{Body, ClientKind, ClientMsgId, DeviceId, Name, Seq, ServerId, Target};
+use casataa_proto::types::{Body, ClientKind, ClientMsgId, DeviceId, FileId, Name, Seq, ServerId, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -139,6 +139,9 @@ pub struct Client {
     out: Vec<u8>,
     welcome: Welcome,
     early: VecDeque<Event>,
+    /// File chunks waiting to be sent: the bulk lane. They are sealed when written, so
+    /// frames always leave in counter order while control and chat frames overtake them.
+    chunks: VecDeque<(FileId, u64, Vec<u8>)>,
 }
 
 impl fmt::Debug for Client {
@@ -188,6 +191,7 @@ impl Client {
             out: vec![0u8; FRAME_MAX],
             welcome: placeholder_welcome(&options.user),
             early: VecDeque::new(),
+            chunks: VecDeque::new(),
         };
         let n = client.session.start(&mut client.out)?;
         client.write_frame(n).await?;
@@ -268,12 +272,32 @@ impl Client {
         }
     }
 
-    /// Sends whatever the session has ready: acknowledgements, pongs, queued messages.
+    /// Sends whatever is ready: first everything of the control lane (acknowledgements,
+    /// pongs, queued chat messages), then queued file chunks — checking the control
+    /// lane again before each chunk, so chat is never stuck behind a transfer.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        while let Some(n) = self.session.poll_transmit(&mut self.out)? {
+        loop {
+            while let Some(n) = self.session.poll_transmit(&mut self.out)? {
+                self.write_frame(n).await?;
+            }
+            let Some((file, offset, data)) = self.chunks.pop_front() else {
+                return Ok(());
+            };
+            let chunk = ClientMessage::FileChunk(FileChunk { file, offset, data: &data });
+            let n = self.session.seal(&chunk, &mut self.out)?;
             self.write_frame(n).await?;
         }
-        Ok(())
+    }
+
+    /// Queues a file chunk in the bulk lane; it leaves with [`Self::flush`], after any
+    /// control or chat frame.
+    pub fn queue_chunk(&mut self, file: FileId, offset: u64, data: Vec<u8>) {
+        self.chunks.push_back((file, offset, data));
+    }
+
+    /// File chunks queued and not yet written.
+    pub fn queued_chunks(&self) -> usize {
+        self.chunks.len()
     }
 
     /// Queues a chat message; it goes out with the next [`Self::flush`] and stays in the

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use casataa_proto::limits::{FILE_NAME_MAX, chunk_capacity};
-use casataa_proto::message::{ClientMessage, ErrorCode, FileChunk, FileInfo, FileOffer, ServerMessage};
+use casataa_proto::message::{ClientMessage, ErrorCode, FileInfo, FileOffer, ServerMessage};
 use casataa_proto::types::{FileId, Sha256Digest, Target, truncated};
 use sha2::{Digest, Sha256};
 
@@ -104,15 +104,15 @@ pub async fn upload(
     file.seek(SeekFrom::Start(offset))?;
     let (mut sent, mut confirmed) = (offset, offset);
     progress(confirmed, size);
-    let mut buf = vec![0u8; chunk_len];
     loop {
         while sent < size && sent - confirmed < in_flight_max {
             let len = (size - sent).min(chunk_len as u64) as usize;
-            let data = buf.get_mut(..len).unwrap_or_default();
-            file.read_exact(data)?;
-            client.request(&ClientMessage::FileChunk(FileChunk { file: id, offset: sent, data })).await?;
+            let mut data = vec![0u8; len];
+            file.read_exact(&mut data)?;
+            client.queue_chunk(id, sent, data);
             sent += len as u64;
         }
+        client.flush().await?;
         match client.next_event().await? {
             Event::Message(ServerMessage::FileProgress { file, received }) if file == id => {
                 confirmed = confirmed.max(received);

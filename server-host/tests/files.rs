@@ -273,3 +273,50 @@ async fn an_interrupted_upload_and_download_resume_without_resending() {
     assert!(matches!(corrupt, Err(TransferError::Corrupt)), "{corrupt:?}");
     assert!(!out.join(format!(".casataa-{id}.part")).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_message_queued_behind_file_chunks_is_sent_before_them() {
+    let server = TestServer::start(&[("alice", "pa", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let data = vec![7u8; 16 * 60_000];
+    let sha256: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
+    let offer = FileOffer {
+        transfer: 3,
+        name: "bulk.bin".try_into().unwrap(),
+        size: data.len() as u64,
+        sha256,
+        to: general(),
+    };
+    alice.request(&ClientMessage::FileOffer(offer)).await.unwrap();
+    let id = alice
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::FileAccepted { transfer: 3, file, .. }) => Some(*file),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    for (i, piece) in data.chunks(60_000).enumerate() {
+        alice.queue_chunk(id, (i * 60_000) as u64, piece.to_vec());
+    }
+    // Queued after sixteen chunks, sent before all of them.
+    let chat = alice.queue_message(general(), "urgent".try_into().unwrap()).unwrap();
+    alice.flush().await.unwrap();
+    assert_eq!(alice.queued_chunks(), 0);
+    // The server handles frames in the order they arrive, and stores in that order:
+    // had the chunks gone first, the file's announcement would precede the chat.
+    let (mut chat_seq, mut file_seq) = (None, None);
+    while chat_seq.is_none() || file_seq.is_none() {
+        match timeout(Duration::from_secs(10), alice.next_event()).await.unwrap().unwrap() {
+            Event::Message(ServerMessage::Stored { client_id, seq, .. }) if client_id == chat => {
+                chat_seq = Some(seq)
+            }
+            Event::Message(ServerMessage::Deliver(m)) if matches!(&m.content, Content::File(f) if f.id == id) =>
+            {
+                file_seq = Some(m.seq);
+            }
+            _ => {}
+        }
+        alice.flush().await.unwrap();
+    }
+    assert!(chat_seq < file_seq, "chat {chat_seq:?} was stored before the file {file_seq:?}");
+}
