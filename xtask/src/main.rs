@@ -52,7 +52,7 @@ fn print_help() {
 Commands:
   test                  formatting, clippy -D warnings, all tests, no_std builds, short fuzz pass
   fuzz [--secs N] [T..] run the fuzz targets (default: all, 60 s each)
-  bench [proto|load]    criterion benchmarks of the protocol; load test of a real server
+  bench [proto|load|files]  criterion benchmarks; load test of a real server; file transfer rates
   run [ARGS..]          build and start the server (ARGS go to `casataa-server serve`)"
     );
 }
@@ -242,16 +242,18 @@ fn fuzz(secs: u32, targets: &[String]) -> Result {
     Ok(())
 }
 
-/// `cargo xtask bench [proto|load] [ARGS..]`: the criterion benchmarks of the protocol
-/// crate, and the load generator against a real server (table on stdout, JSON in
-/// `$CARGO_TARGET_DIR/bench/load.json`). Without a selector, both.
+/// `cargo xtask bench [proto|load|files] [ARGS..]`: the criterion benchmarks of the
+/// protocol crate, the load generator against a real server (table on stdout, JSON in
+/// `$CARGO_TARGET_DIR/bench/load.json`), and file transfer rates beside loopback TCP and
+/// AES-CCM (`files.json`). Without a selector, proto and load.
 fn bench(args: &[String]) -> Result {
     let (which, rest) = match args.first().map(String::as_str) {
         Some("proto") => ("proto", &args[1..]),
         Some("load") => ("load", &args[1..]),
+        Some("files") => ("files", &args[1..]),
         _ => ("all", args),
     };
-    if which != "load" {
+    if which != "load" && which != "files" {
         let mut cargo_args = vec!["bench".to_owned(), "--package".to_owned(), "casataa-proto".to_owned()];
         if which == "proto" && !rest.is_empty() {
             cargo_args.push("--".to_owned());
@@ -264,14 +266,17 @@ fn bench(args: &[String]) -> Result {
         let target_dir =
             env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from);
         let release = target_dir.join("release");
-        let json = target_dir.join("bench").join("load.json");
+        let json = target_dir.join("bench").join(if which == "files" { "files.json" } else { "load.json" });
         let mut load_args = vec![
             "--server-bin".to_owned(),
             release.join("casataa-server").to_string_lossy().into_owned(),
             "--json".to_owned(),
             json.to_string_lossy().into_owned(),
         ];
-        if which == "load" {
+        if which == "files" {
+            load_args.extend(["--mode".to_owned(), "files".to_owned()]);
+        }
+        if which == "load" || which == "files" {
             load_args.extend(rest.iter().cloned());
         }
         run(&release.join("casataa-load").to_string_lossy(), &load_args)?;

@@ -11,6 +11,7 @@
 //! It prints a table and writes the figures as JSON. All traffic stays on loopback and
 //! every phase is bounded in count and time.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +50,12 @@ struct Args {
     /// Connections for the handshake measurement.
     #[arg(long, default_value_t = 500)]
     handshakes: usize,
+    /// `chat` (fan-out, latency, handshakes, memory) or `files` (transfer rates).
+    #[arg(long, default_value = "chat")]
+    mode: String,
+    /// Size of the file in the `files` run, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    file_mib: u64,
 }
 
 const PASSPHRASE: &str = "load-test-passphrase";
@@ -74,7 +81,7 @@ fn start_server(bin: &Path) -> anyhow::Result<Server> {
     std::fs::write(
         data.join("casataa.toml"),
         "kdf_iterations = 10000\nmessages_per_sec = 65535\nmessage_burst = 65535\nmax_connections = 20000\n\
-         login_failure_delay_ms = 10\nidle_secs = 600\n",
+         login_failure_delay_ms = 10\nidle_secs = 600\nmax_file_size = 17179869184\nuser_quota = 68719476736\n",
     )?;
     let mut add = Command::new(bin)
         .arg("--data")
@@ -395,10 +402,217 @@ async fn idle_memory(server: &Server, key: &UserKey, count: usize) -> anyhow::Re
     Ok((after.saturating_sub(before)) as f64 * 1024.0 / count as f64)
 }
 
+/// Raw loopback TCP throughput, MB/s: the ceiling for any transfer.
+async fn loopback_tcp(bytes: u64) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                return anyhow::Ok(total);
+            }
+            total += n as u64;
+        }
+    });
+    let started = Instant::now();
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    let buf = vec![0x5au8; 1 << 16];
+    let mut sent = 0u64;
+    while sent < bytes {
+        socket.write_all(&buf).await?;
+        sent += buf.len() as u64;
+    }
+    socket.shutdown().await?;
+    let received = reader.await??;
+    Ok(received as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Single-core AES-128-CCM sealing throughput on 64 KiB frames, MB/s.
+fn ccm_throughput(bytes: u64) -> anyhow::Result<f64> {
+    use casataa_proto::aead::{Direction, FrameSealer};
+    let mut sealer = FrameSealer::new(&[7; 16], Direction::ClientToServer);
+    let chunk = casataa_proto::limits::chunk_capacity(65_535);
+    let mut frame = vec![0u8; 65_535];
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < bytes {
+        sealer.seal_in_place(&mut frame, chunk).map_err(|e| anyhow::anyhow!("{e}"))?;
+        done += chunk as u64;
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+fn write_random_file(path: &Path, bytes: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut block = vec![0u8; 1 << 16];
+    let mut written = 0;
+    while written < bytes {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+        out.write_all(&block)?;
+        written += block.len() as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Chat latency (p50, p99 in ms) of direct messages at 20/s while `during` runs.
+async fn chat_latency_during<F: Future<Output = anyhow::Result<()>>>(
+    server: &str,
+    during: F,
+) -> anyhow::Result<(f64, f64, anyhow::Result<()>)> {
+    let base = Instant::now();
+    let mut sender = connect(server, "load1", Secret::Passphrase(PASSPHRASE.into()), 50_001).await?;
+    let mut receiver = connect(server, "load2", Secret::Passphrase(PASSPHRASE.into()), 50_002).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_receiver = Arc::clone(&stop);
+    let receiving = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop_receiver.load(Ordering::Relaxed) {
+            let event = match tokio::time::timeout(Duration::from_millis(100), receiver.next_event()).await {
+                Ok(event) => event?,
+                Err(_) => continue,
+            };
+            if let Event::Message(ServerMessage::Deliver(m)) = event
+                && let Content::Text(body) = &m.content
+                && let Some(sent) = body.strip_prefix("t=").and_then(|t| t.parse::<u64>().ok())
+            {
+                samples.push((base.elapsed().as_nanos() as u64).saturating_sub(sent) as f64 / 1e6);
+            }
+            receiver.flush().await?;
+        }
+        anyhow::Ok(samples)
+    });
+    let stop_sender = Arc::clone(&stop);
+    let sending = tokio::spawn(async move {
+        let to = Target::User(name("load2")?);
+        let mut ticker = tokio::time::interval(Duration::from_millis(50));
+        while !stop_sender.load(Ordering::Relaxed) {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let body = format!("t={}", base.elapsed().as_nanos());
+                    let _ = sender.queue_message(to.clone(), body.as_str().try_into().map_err(|_| anyhow::anyhow!("body"))?);
+                }
+                event = sender.next_event() => { event?; }
+            }
+            sender.flush().await?;
+        }
+        anyhow::Ok(())
+    });
+    let outcome = during.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    sending.await??;
+    let mut samples = receiving.await??;
+    samples.sort_by(f64::total_cmp);
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99), outcome))
+}
+
+async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
+    use casataa_cli::transfer::{self, Destination};
+    let bytes = args.file_mib << 20;
+    let dir = server.data.join("bench-files");
+    std::fs::create_dir_all(&dir)?;
+    let source = dir.join("payload.bin");
+    write_random_file(&source, bytes)?;
+
+    let tcp = loopback_tcp(bytes).await?;
+    let ccm = ccm_throughput(bytes)?;
+    println!("{:<44} {:>10.0} MB/s", "raw loopback TCP", tcp);
+    println!("{:<44} {:>10.0} MB/s", "AES-128-CCM seal, one core", ccm);
+
+    let (base_p50, base_p99, _) = chat_latency_during(&server.tcp, async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok(())
+    })
+    .await?;
+
+    let mut uploader = connect(&server.tcp, "load0", Secret::Passphrase(PASSPHRASE.into()), 60_000).await?;
+    let started = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let marks = Arc::clone(&started);
+    let upload_result = Arc::new(std::sync::Mutex::new(None));
+    let result_slot = Arc::clone(&upload_result);
+    let source_path = source.clone();
+    let (up_p50, up_p99, outcome) = chat_latency_during(&server.tcp, async move {
+        let id = transfer::upload(&mut uploader, &source_path, general()?, |done, _| {
+            if done == 0 {
+                let _ = marks.lock().map(|mut m| m.get_or_insert_with(Instant::now).elapsed());
+            }
+        })
+        .await?;
+        let elapsed = started.lock().map_err(|_| anyhow::anyhow!("lock"))?.map(|s| s.elapsed());
+        *result_slot.lock().map_err(|_| anyhow::anyhow!("lock"))? = Some((id, elapsed));
+        Ok(())
+    })
+    .await?;
+    outcome?;
+    let (id, upload_time) =
+        upload_result.lock().map_err(|_| anyhow::anyhow!("lock"))?.take().context("upload")?;
+    let upload_rate = bytes as f64 / upload_time.context("no progress")?.as_secs_f64() / 1e6;
+
+    let mut downloader = connect(&server.tcp, "load3", Secret::Passphrase(PASSPHRASE.into()), 60_001).await?;
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out)?;
+    let download_started = Instant::now();
+    let mut first = None;
+    let (path, _) = transfer::download(&mut downloader, id, Destination::Directory(out), |done, _| {
+        if done == 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+    })
+    .await?;
+    let download_time = download_started.elapsed();
+    let download_rate = bytes as f64 / download_time.as_secs_f64() / 1e6;
+    std::fs::remove_file(path)?;
+    let ceiling = tcp.min(ccm);
+    println!(
+        "{:<44} {:>10.0} MB/s ({:.0}% of the ceiling)",
+        "upload (transfer, server verifies)",
+        upload_rate,
+        upload_rate / ceiling * 100.0
+    );
+    println!(
+        "{:<44} {:>10.0} MB/s ({:.0}% of the ceiling)",
+        "download (client verifies)",
+        download_rate,
+        download_rate / ceiling * 100.0
+    );
+    println!("{:<44} {:>8.2} ms / {:.2} ms", "chat p50 / p99 without a transfer", base_p50, base_p99);
+    println!("{:<44} {:>8.2} ms / {:.2} ms", "chat p50 / p99 during the upload", up_p50, up_p99);
+    Ok(format!(
+        "{{\n  \"file_bytes\": {bytes},\n  \"loopback_tcp_mb_s\": {tcp:.1},\n  \"ccm_seal_one_core_mb_s\": {ccm:.1},\n  \"upload_mb_s\": {upload_rate:.1},\n  \"download_mb_s\": {download_rate:.1},\n  \"chat_p50_ms_idle\": {base_p50:.3},\n  \"chat_p99_ms_idle\": {base_p99:.3},\n  \"chat_p50_ms_during_upload\": {up_p50:.3},\n  \"chat_p99_ms_during_upload\": {up_p99:.3}\n}}\n"
+    ))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = start_server(&args.server_bin)?;
+    if args.mode == "files" {
+        let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
+        create_users(&mut admin, 4).await?;
+        println!("{:<44} {:>14}", "measurement", "value");
+        let json = files_bench(&args, &server).await?;
+        if let Some(path) = &args.json {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, &json)?;
+            println!("figures written to {}", path.display());
+        }
+        return Ok(());
+    }
     let max_n = args.clients.iter().copied().max().unwrap_or(10);
     let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
     create_users(&mut admin, max_n).await?;
