@@ -134,6 +134,20 @@ pub async fn upload(
     }
 }
 
+/// Feeds whatever is written into a hasher.
+struct HashWriter<'h>(&'h mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A name that is safe to create in a directory: no path separators, no control
 /// characters, no leading dots, not empty, not too long.
 pub fn safe_file_name(name: &str) -> String {
@@ -199,8 +213,13 @@ pub async fn download(
         }
         client.flush().await?;
     };
-    let mut out = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&partial)?;
+    let mut out =
+        std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&partial)?;
     out.set_len(start)?;
+    // Hash what is already there, then every chunk as it arrives: the check at the
+    // end needs no second pass over the file.
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut (&out).take(start), &mut HashWriter(&mut hasher))?;
     out.seek(SeekFrom::Start(start))?;
     let mut received = start;
     let mut unreported = 0u32;
@@ -212,6 +231,7 @@ pub async fn download(
                     return Err(TransferError::Refused(ErrorCode::BadRequest, "chunk out of order".into()));
                 }
                 out.write_all(&data)?;
+                hasher.update(&data);
                 received += data.len() as u64;
                 unreported += 1;
                 if unreported >= 4 || received == info.size {
@@ -232,10 +252,7 @@ pub async fn download(
     }
     out.sync_all()?;
     drop(out);
-    let check = partial.clone();
-    let actual = tokio::task::spawn_blocking(move || sha256_file(&check))
-        .await
-        .map_err(|e| TransferError::Io(std::io::Error::other(e)))??;
+    let actual: Sha256Digest = hasher.finalize().into();
     if actual != info.sha256 {
         let _ = std::fs::remove_file(&partial);
         return Err(TransferError::Corrupt);

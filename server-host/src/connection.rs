@@ -31,7 +31,7 @@ use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::files::{Disk, Download, Upload, WINDOW, sha256_of};
+use crate::files::{Disk, Download, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
@@ -52,6 +52,8 @@ const VIOLATIONS_MAX: u32 = 100;
 const MAX_UPLOADS: usize = 4;
 /// Largest download chunk the server sends.
 const CHUNK_MAX: usize = 60 * 1024;
+/// Bytes of an upload written between syncs of its partial file.
+const SYNC_EVERY: u64 = 16 << 20;
 /// Bytes queued before downloads wait (chat frames still go first).
 const BULK_HIGH_WATER: usize = 512 * 1024;
 
@@ -857,14 +859,11 @@ impl Live<'_> {
             }
         };
         let path = self.ctx.disk.partial(id);
-        let opened = async {
-            let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
-            let held = file.metadata().await?.len().min(size);
-            file.set_len(held).await?;
-            std::io::Result::Ok((file, held))
-        }
-        .await;
-        let (file, held) = match opened {
+        let open_path = path.clone();
+        let opened = tokio::task::spawn_blocking(move || open_partial(&open_path, size))
+            .await
+            .map_err(|_| End::Transport("file task failed".into()))?;
+        let (file, held, hasher) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 tracing::error!("cannot open {}: {e}", path.display());
@@ -873,7 +872,17 @@ impl Live<'_> {
         };
         self.uploads.insert(
             id,
-            Upload { file, name: name.to_string(), size, received: held, sha256, to, unreported: 0 },
+            Upload {
+                file,
+                hasher,
+                name: name.to_string(),
+                size,
+                received: held,
+                sha256,
+                to,
+                unreported: 0,
+                unsynced: 0,
+            },
         );
         let chunk_max = casataa_proto::limits::chunk_capacity(self.ctx.settings.max_frame as usize) as u32;
         self.send(
@@ -884,7 +893,8 @@ impl Live<'_> {
     }
 
     async fn on_chunk(&mut self, chunk: FileChunk<'_>) -> Result<(), End> {
-        use tokio::io::AsyncWriteExt;
+        use sha2::Digest;
+        use std::io::Write;
         let FileChunk { file: id, offset, data } = chunk;
         let Some(upload) = self.uploads.get_mut(&id) else {
             return self.error(ErrorCode::NoSuchFile, id, "no upload in progress with that id");
@@ -900,13 +910,25 @@ impl Live<'_> {
             self.uploads.remove(&id);
             return self.error(ErrorCode::TooLarge, id, "more data than the offer said");
         }
-        if let Err(e) = upload.file.write_all(data).await {
+        if let Err(e) = upload.file.write_all(data) {
             tracing::error!("cannot write upload {id}: {e}");
             self.uploads.remove(&id);
             return self.error(ErrorCode::StorageFull, id, "the server's disk is full; try again later");
         }
+        upload.hasher.update(data);
         upload.received += data.len() as u64;
+        upload.unsynced += data.len() as u64;
         upload.unreported += 1;
+        if upload.unsynced >= SYNC_EVERY {
+            // Keep the page cache of a big upload from piling up: otherwise the next
+            // SQLite commit (an fsync) would wait for all of it, and chat with it.
+            upload.unsynced = 0;
+            let file = upload.file.try_clone().map_err(|e| End::Transport(e.to_string()))?;
+            tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .map_err(|_| End::Transport("file task failed".into()))?
+                .map_err(|e| End::Transport(format!("cannot sync upload {id}: {e}")))?;
+        }
         let (received, size, unreported) = (upload.received, upload.size, upload.unreported);
         if received == size {
             return self.finish_upload(id).await;
@@ -924,26 +946,23 @@ impl Live<'_> {
 
     /// Verifies a complete upload, stores it and announces it.
     async fn finish_upload(&mut self, id: FileId) -> Result<(), End> {
-        use tokio::io::AsyncWriteExt;
-        let Some(mut upload) = self.uploads.remove(&id) else { return Ok(()) };
-        if let Err(e) = upload.file.flush().await.and(upload.file.sync_all().await) {
-            tracing::error!("cannot flush upload {id}: {e}");
-            return self.error(ErrorCode::StorageFull, id, "the server's disk is full; try again later");
-        }
-        drop(upload.file);
+        use sha2::Digest;
+        let Some(upload) = self.uploads.remove(&id) else { return Ok(()) };
+        let Upload { file, hasher, name, size, sha256, to, .. } = upload;
+        let actual: [u8; 32] = hasher.finalize().into();
         let disk = self.ctx.disk.clone();
-        let expected = upload.sha256;
         let verified = tokio::task::spawn_blocking(move || {
-            let actual = sha256_of(&disk.partial(id))?;
-            if actual == expected {
+            file.sync_all()?;
+            drop(file);
+            if actual == sha256 {
                 disk.store_verified(id, &actual)?;
             } else {
                 let _ = std::fs::remove_file(disk.partial(id));
             }
-            std::io::Result::Ok(actual == expected)
+            std::io::Result::Ok(actual == sha256)
         })
         .await
-        .map_err(|_| End::Transport("hashing task failed".into()))?;
+        .map_err(|_| End::Transport("file task failed".into()))?;
         match verified {
             Ok(true) => {}
             Ok(false) => {
@@ -955,12 +974,12 @@ impl Live<'_> {
                 return self.error(ErrorCode::StorageFull, id, "the server cannot store the file");
             }
         }
-        let info = FileInfo { id, name: truncated(&upload.name), size: upload.size, sha256: upload.sha256 };
+        let info = FileInfo { id, name: truncated(&name), size, sha256 };
         let announcement = NewMessage {
             sender: self.user.clone(),
             // Announcements use ids clients never pick: the top bit set, then the file id.
             client_id: (1 << 63) | id,
-            to: upload.to.clone(),
+            to,
             content: Content::File(info.clone()),
             at: unix_millis(),
         };
@@ -988,7 +1007,7 @@ impl Live<'_> {
             })
             .await?;
         self.ctx.hub.publish(event);
-        self.send(&ServerMessage::FileStored { file: id, sha256: upload.sha256 }, Lane::Control)
+        self.send(&ServerMessage::FileStored { file: id, sha256 }, Lane::Control)
     }
 
     async fn on_download(&mut self, id: FileId, offset: u64) -> Result<(), End> {
