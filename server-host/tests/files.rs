@@ -320,3 +320,100 @@ async fn a_chat_message_queued_behind_file_chunks_is_sent_before_them() {
     }
     assert!(chat_seq < file_seq, "chat {chat_seq:?} was stored before the file {file_seq:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_fails_to_open_and_the_upload_resumes_cleanly() {
+    use casataa_proto::ClientSession;
+    use casataa_proto::frame::{StreamItem, decode_stream, length_prefix};
+    use casataa_proto::handshake::derive_user_key;
+    use casataa_proto::session::{ClientConfig, ClientEvent};
+    use casataa_proto::types::ClientKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start(&[("alice", "pa", false)]);
+    let dir = scratch(&server, "t");
+    let source = dir.join("data.bin");
+    random_file(&source, 200_000);
+    let bytes = std::fs::read(&source).unwrap();
+
+    // A hand-driven session, so one sealed frame can be altered on the wire.
+    let mut socket = tokio::net::TcpStream::connect(&server.tcp).await.unwrap();
+    let config =
+        ClientConfig { user: name("alice"), device: [5; 16], kind: ClientKind::Cli, max_frame: 65_535 };
+    let mut session: Box<ClientSession> = Box::new(ClientSession::new(config, [4; 32], 1));
+    let mut out = vec![0u8; 65_535];
+    let mut inbox = Vec::new();
+    async fn send(socket: &mut tokio::net::TcpStream, frame: &[u8]) {
+        socket.write_all(&length_prefix(frame.len())).await.unwrap();
+        socket.write_all(frame).await.unwrap();
+    }
+    let n = session.start(&mut out).unwrap();
+    send(&mut socket, &out[..n]).await;
+    let mut file_id = None;
+    while file_id.is_none() {
+        let frame = loop {
+            if let StreamItem::Frame { frame, consumed } = decode_stream(&inbox, 65_535).unwrap() {
+                let bytes = inbox[frame].to_vec();
+                inbox.drain(..consumed);
+                break bytes;
+            }
+            let mut buf = [0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed early");
+            inbox.extend_from_slice(&buf[..n]);
+        };
+        let mut frame = frame;
+        match session.handle_frame(&mut frame).unwrap() {
+            Some(ClientEvent::KeyNeeded(params)) => {
+                session.provide_key(&derive_user_key("pa", &params)).unwrap()
+            }
+            Some(ClientEvent::Received(ServerMessage::Welcome(_))) => {
+                let offer = FileOffer {
+                    transfer: 9,
+                    name: "data.bin".try_into().unwrap(),
+                    size: bytes.len() as u64,
+                    sha256: sha256_file(&source).unwrap(),
+                    to: general(),
+                };
+                let n = session.seal(&ClientMessage::FileOffer(offer), &mut out).unwrap();
+                send(&mut socket, &out[..n]).await;
+            }
+            Some(ClientEvent::Received(ServerMessage::FileAccepted { file, .. })) => file_id = Some(file),
+            _ => {}
+        }
+        while let Some(n) = session.poll_transmit(&mut out).unwrap() {
+            send(&mut socket, &out[..n]).await;
+        }
+    }
+    let id = file_id.unwrap();
+    // One good chunk, then one with a flipped bit.
+    for (i, piece) in bytes.chunks(50_000).take(2).enumerate() {
+        let chunk = FileChunk { file: id, offset: (i * 50_000) as u64, data: piece };
+        let n = session.seal(&ClientMessage::FileChunk(chunk), &mut out).unwrap();
+        if i == 1 {
+            out[n / 2] ^= 0x04;
+        }
+        send(&mut socket, &out[..n]).await;
+    }
+    // The server closes the connection (an error or end of stream both say so); a
+    // connection left open would hit the timeout.
+    let mut rest = Vec::new();
+    let _ = timeout(Duration::from_secs(10), socket.read_to_end(&mut rest))
+        .await
+        .expect("the server closes a connection whose frame fails to open");
+
+    // The next offer resumes from the good chunk, and the file is intact.
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut first = None;
+    let resumed = transfer::upload(&mut alice, &source, general(), |done, _| {
+        first.get_or_insert(done);
+    })
+    .await
+    .unwrap();
+    assert_eq!(resumed, id);
+    assert_eq!(first, Some(50_000), "the altered chunk was never written");
+    let out_dir = scratch(&server, "check");
+    let (path, _) =
+        transfer::download(&mut alice, id, Destination::Directory(out_dir), |_, _| {}).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), bytes);
+}
