@@ -57,6 +57,12 @@ const SYNC_EVERY: u64 = 16 << 20;
 /// Bytes queued before downloads wait (chat frames still go first).
 const BULK_HIGH_WATER: usize = 512 * 1024;
 
+thread_local! {
+    /// Where frames are sealed before they are copied into the outbound queue.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0u8; casataa_proto::limits::FRAME_MAX]);
+}
+
 /// Everything a connection needs from the server.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -297,7 +303,6 @@ struct Live<'c> {
     role: Role,
     device: DeviceId,
     addr: String,
-    buf: Vec<u8>,
     sent_up_to: Seq,
     acked: Seq,
     /// The cursor as last written to the store.
@@ -340,7 +345,6 @@ async fn run_session(
         role,
         device: login.device,
         addr: addr.clone(),
-        buf: vec![0u8; casataa_proto::limits::FRAME_MAX],
         sent_up_to: cursor,
         acked: cursor,
         persisted: cursor,
@@ -387,8 +391,14 @@ impl Live<'_> {
 
     /// Seals `message` and queues it.
     fn send(&mut self, message: &ServerMessage<'_>, lane: Lane) -> Result<(), End> {
-        let n = self.session.seal(message, &mut self.buf)?;
-        let frame = self.buf.get(..n).unwrap_or_default().to_vec();
+        // Sealed in a scratch buffer of the worker thread, then copied at its exact
+        // size: an idle session holds no 64 KiB buffer of its own.
+        let frame = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = self.session.seal(message, &mut scratch)?;
+            Ok::<_, SessionError>(scratch.get(..n).unwrap_or_default().to_vec())
+        })?;
+        let n = frame.len();
         self.registration.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         self.registration.stats.messages_out.fetch_add(1, Ordering::Relaxed);
         self.queue.push(lane, frame)?;
