@@ -121,6 +121,10 @@ enum AdminCommand {
         #[arg(value_name = "USER")]
         name: String,
     },
+    /// Users with their role, state and storage used.
+    Users,
+    /// Every stored file with its owner and where it was shared.
+    Files,
     /// Create a user; prints the generated passphrase.
     Create {
         /// The new user.
@@ -536,6 +540,8 @@ async fn admin(session: &mut Session, command: &AdminCommand) -> anyhow::Result<
         AdminCommand::Enable { name: user } => {
             AdminRequest::SetDisabled { user: name(user)?, disabled: false }
         }
+        AdminCommand::Users => AdminRequest::ListUsers { after: None },
+        AdminCommand::Files => AdminRequest::ListFiles { after: None },
         AdminCommand::Create { name: user, admin } => AdminRequest::CreateUser {
             user: name(user)?,
             role: if *admin { Role::Admin } else { Role::User },
@@ -597,9 +603,80 @@ async fn admin(session: &mut Session, command: &AdminCommand) -> anyhow::Result<
             }
             _ => println!("done"),
         },
-        AdminResult::Users { .. } | AdminResult::Files { .. } => {}
+        AdminResult::Users { users, last } => {
+            let mut page = users;
+            let mut last = last;
+            loop {
+                for u in &page {
+                    println!(
+                        "{:<32} {:<5} {:<8} {:<7} {}",
+                        u.user,
+                        if u.role == Role::Admin { "admin" } else { "user" },
+                        if u.disabled { "disabled" } else { "active" },
+                        if u.online { "online" } else { "offline" },
+                        human_bytes(u.storage_used)
+                    );
+                }
+                let Some(after) = page.last().map(|u| u.user.clone()) else { break };
+                if last {
+                    break;
+                }
+                (page, last) =
+                    next_admin_page(client, AdminRequest::ListUsers { after: Some(after) }, |r| match r {
+                        AdminResult::Users { users, last } => Some((users, last)),
+                        _ => None,
+                    })
+                    .await?;
+            }
+        }
+        AdminResult::Files { files, last } => {
+            let mut page = files;
+            let mut last = last;
+            loop {
+                for f in &page {
+                    println!(
+                        "{:>6}  {:<40} {:>10}  {} → {}",
+                        f.file.id,
+                        sanitize(&f.file.name),
+                        human_bytes(f.file.size),
+                        f.owner,
+                        f.to
+                    );
+                }
+                let Some(after) = page.last().map(|f| f.file.id) else { break };
+                if last {
+                    break;
+                }
+                (page, last) =
+                    next_admin_page(client, AdminRequest::ListFiles { after: Some(after) }, |r| match r {
+                        AdminResult::Files { files, last } => Some((files, last)),
+                        _ => None,
+                    })
+                    .await?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Asks for the next page of an admin list.
+async fn next_admin_page<T>(
+    client: &mut Client,
+    request: AdminRequest,
+    pick: impl Fn(AdminResult) -> Option<T>,
+) -> anyhow::Result<T> {
+    client.request(&ClientMessage::Admin { req: 2, request }).await?;
+    let result = client
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::AdminResult { req: 2, result }) => Some(result.clone()),
+            _ => None,
+        })
+        .await?;
+    pick(result).context("unexpected answer to an admin list request")
+}
+
+fn human_bytes(bytes: u64) -> String {
+    human(bytes as f64)
 }
 
 fn show_activity(event: &ActivityEvent) -> String {

@@ -312,6 +312,9 @@ struct Live<'c> {
     activity: Option<broadcast::Receiver<ActivityEvent>>,
     backlog: bool,
     uploads: HashMap<FileId, Upload>,
+    /// Uploads that failed on this connection: their chunks still in flight are
+    /// dropped quietly (the sender already has the error).
+    failed_uploads: std::collections::HashSet<FileId>,
     downloads: VecDeque<Download>,
     /// Downloads wait for the outbound queue to drain.
     downloads_blocked: bool,
@@ -353,6 +356,7 @@ async fn run_session(
         activity: None,
         backlog: true,
         uploads: HashMap::new(),
+        failed_uploads: std::collections::HashSet::new(),
         downloads: VecDeque::new(),
         downloads_blocked: false,
     };
@@ -880,6 +884,7 @@ impl Live<'_> {
                 return self.error(ErrorCode::StorageFull, about, "the server cannot store files right now");
             }
         };
+        self.failed_uploads.remove(&id);
         self.uploads.insert(
             id,
             Upload {
@@ -907,6 +912,9 @@ impl Live<'_> {
         use std::io::Write;
         let FileChunk { file: id, offset, data } = chunk;
         let Some(upload) = self.uploads.get_mut(&id) else {
+            if self.failed_uploads.contains(&id) {
+                return Ok(());
+            }
             return self.error(ErrorCode::NoSuchFile, id, "no upload in progress with that id");
         };
         if offset != upload.received {
@@ -918,11 +926,13 @@ impl Live<'_> {
         }
         if upload.received + data.len() as u64 > upload.size {
             self.uploads.remove(&id);
+            self.failed_uploads.insert(id);
             return self.error(ErrorCode::TooLarge, id, "more data than the offer said");
         }
         if let Err(e) = upload.file.write_all(data) {
             tracing::error!("cannot write upload {id}: {e}");
             self.uploads.remove(&id);
+            self.failed_uploads.insert(id);
             return self.error(ErrorCode::StorageFull, id, "the server's disk is full; try again later");
         }
         upload.hasher.update(data);

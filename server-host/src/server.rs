@@ -92,6 +92,7 @@ impl Bound {
 
         let tcp_task = tokio::spawn(accept_tcp(tcp, context.clone(), Arc::clone(&limit), stop_rx.clone()));
         let cleanup_task = tokio::spawn(clean_abandoned_uploads(context.clone(), stop_rx.clone()));
+        survive_file_size_limit();
         let routes = routes(context.clone(), Arc::clone(&limit));
         let mut http_stop = stop_rx.clone();
         let http_task = tokio::spawn(
@@ -222,6 +223,23 @@ fn routes(
             warp::http::StatusCode::NOT_FOUND,
         ))
     })
+}
+
+/// A file-size limit (`ulimit -f`) reached while writing an upload must fail that
+/// write (EFBIG, reported like a full disk) instead of killing the server, which is
+/// SIGXFSZ's default. Listening for the signal replaces that default.
+fn survive_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut signals) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+            tokio::spawn(async move {
+                while signals.recv().await.is_some() {
+                    tracing::warn!("a write hit the file size limit; that transfer fails");
+                }
+            });
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

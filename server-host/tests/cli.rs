@@ -97,6 +97,21 @@ fn admin_commands_work_for_admins_only() {
     let denied = run(&server, &state, "bob", "pb", &["admin", "kick", "root"]);
     assert!(!denied.status.success());
     assert!(String::from_utf8_lossy(&denied.stderr).contains("Forbidden"));
+    let dir = server.data.join("work");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("minutes.txt"), "x".repeat(3000)).unwrap();
+    stdout(&run(
+        &server,
+        &state,
+        "carol",
+        &passphrase,
+        &["put", dir.join("minutes.txt").to_str().unwrap(), "--to", "#general"],
+    ));
+    let files = stdout(&run(&server, &state, "root", "pr", &["admin", "files"]));
+    assert!(files.contains("minutes.txt") && files.contains("carol → #general"), "{files}");
+    let users = stdout(&run(&server, &state, "root", "pr", &["admin", "users"]));
+    let carol = users.lines().find(|l| l.starts_with("carol")).expect("carol listed");
+    assert!(carol.contains("2.9 KiB"), "storage used per user: {users}");
     stdout(&run(&server, &state, "root", "pr", &["admin", "disable", "carol"]));
     assert!(!run(&server, &state, "carol", &passphrase, &["send", "--to", "#general", "x"]).status.success());
 }

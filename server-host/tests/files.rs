@@ -417,3 +417,32 @@ async fn a_corrupted_chunk_fails_to_open_and_the_upload_resumes_cleanly() {
         transfer::download(&mut alice, id, Destination::Directory(out_dir), |_, _| {}).await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_that_transfer_cleanly_and_nothing_else() {
+    let mut server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    server.kill();
+    // Every file the server writes is capped at 3 MB: an upload of 5 MB cannot fit.
+    server.spawn_with_file_size_limit(3_000_000);
+    let dir = scratch(&server, "t");
+    let big = dir.join("too-big.bin");
+    random_file(&big, 5_000_000);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let failed = transfer::upload(&mut alice, &big, general(), |_, _| {}).await;
+    assert!(matches!(failed, Err(TransferError::Refused(ErrorCode::StorageFull, _))), "{failed:?}");
+    // The same connection, and everyone else, keep chatting; small files still fit.
+    let seq = alice.send_text(general(), "still here".try_into().unwrap()).await.unwrap();
+    let seen = timeout(
+        Duration::from_secs(10),
+        bob.wait_for(|e| match e {
+            Event::Message(ServerMessage::Deliver(m)) if m.seq == seq => Some(()),
+            _ => None,
+        }),
+    )
+    .await;
+    assert!(seen.is_ok(), "bob got the message sent after the failed upload");
+    let small = dir.join("small.bin");
+    random_file(&small, 100_000);
+    assert!(transfer::upload(&mut alice, &small, general(), |_, _| {}).await.is_ok());
+}

@@ -95,7 +95,18 @@ impl TestServer {
 
     /// Starts the server process and waits for its addresses.
     pub fn spawn(&mut self) {
-        let mut child = Command::new(server_binary())
+        self.spawn_with(Command::new(server_binary()));
+    }
+
+    /// Starts the server with a file-size limit (as on a nearly full disk).
+    pub fn spawn_with_file_size_limit(&mut self, bytes: u64) {
+        let mut command = Command::new("prlimit");
+        command.arg(format!("--fsize={bytes}")).arg("--").arg(server_binary());
+        self.spawn_with(command);
+    }
+
+    fn spawn_with(&mut self, mut command: Command) {
+        let mut child = command
             .arg("--data")
             .arg(&self.data)
             .args(["serve", "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
