@@ -65,7 +65,7 @@ enum UserCommand {
     },
     /// List users.
     List,
-    /// Refuse the user's logins (sessions end at their next reconnect, or by kick).
+    /// Refuse the user's logins and close their sessions (within a second).
     Disable {
         /// The user.
         name: String,

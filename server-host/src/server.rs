@@ -92,6 +92,7 @@ impl Bound {
 
         let tcp_task = tokio::spawn(accept_tcp(tcp, context.clone(), Arc::clone(&limit), stop_rx.clone()));
         let cleanup_task = tokio::spawn(clean_abandoned_uploads(context.clone(), stop_rx.clone()));
+        let disabled_task = tokio::spawn(close_disabled_users(context.clone(), stop_rx.clone()));
         survive_file_size_limit();
         let routes = routes(context.clone(), Arc::clone(&limit));
         let mut http_stop = stop_rx.clone();
@@ -109,6 +110,7 @@ impl Bound {
         let _ = stop_tx.send(true);
         let _ = tcp_task.await;
         let _ = cleanup_task.await;
+        let _ = disabled_task.await;
         context.hub.close_all(CloseReason::Shutdown);
         // Sessions end once their goodbye is written; give them a moment.
         let all = u32::try_from(context.settings.max_connections).unwrap_or(u32::MAX);
@@ -117,6 +119,23 @@ impl Bound {
         context.hub.store().flush().await?;
         tracing::info!("store flushed; goodbye");
         Ok(())
+    }
+}
+
+/// Closes the sessions of users disabled from the shell (`casataa-server user
+/// disable`, another process writing the same store): checked every second.
+async fn close_disabled_users(context: Context, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let Ok(users) = context.hub.store().read(store::users).await else { continue };
+        for (user, _, disabled) in users {
+            if disabled && context.hub.close_user(&user, CloseReason::Disabled) > 0 {
+                tracing::info!("closed the sessions of {user}, disabled from the shell");
+            }
+        }
     }
 }
 

@@ -105,6 +105,21 @@ async fn wrong_passphrase_unknown_user_and_disabled_user_are_refused_alike() {
         }
     }
     server.user_command(&["enable", "dora"]);
+    let mut dora = server.connect("dora", "pd").await.unwrap();
+    // Disabled from the shell while online: the session is closed too.
+    server.user_command(&["disable", "dora"]);
+    let reason = timeout(
+        Duration::from_secs(10),
+        dora.wait_for(|e| match e {
+            Event::Message(ServerMessage::Closing { reason }) => Some(*reason),
+            _ => None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(reason, CloseReason::Disabled);
+    server.user_command(&["enable", "dora"]);
     assert!(server.connect("dora", "pd").await.is_ok(), "enabled again");
     assert!(server.connect("alice", "pa").await.is_ok(), "the real user still gets in");
 }
