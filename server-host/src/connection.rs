@@ -897,6 +897,7 @@ impl Live<'_> {
                 to,
                 unreported: 0,
                 unsynced: 0,
+                syncing: None,
             },
         );
         let chunk_max = casataa_proto::limits::chunk_capacity(self.ctx.settings.max_frame as usize) as u32;
@@ -942,13 +943,20 @@ impl Live<'_> {
         if upload.unsynced >= SYNC_EVERY {
             // Keep the page cache of a big upload from piling up: otherwise the next
             // SQLite commit (an fsync) would wait for all of it, and chat with it.
+            // The sync runs beside the transfer; the one before it must be done, so
+            // at most two windows of unsynced data exist.
             upload.unsynced = 0;
+            if let Some(previous) = upload.syncing.take() {
+                previous
+                    .await
+                    .map_err(|_| End::Transport("file task failed".into()))?
+                    .map_err(|e| End::Transport(format!("cannot sync upload {id}: {e}")))?;
+            }
+            let Some(upload) = self.uploads.get_mut(&id) else { return Ok(()) };
             let file = upload.file.try_clone().map_err(|e| End::Transport(e.to_string()))?;
-            tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .map_err(|_| End::Transport("file task failed".into()))?
-                .map_err(|e| End::Transport(format!("cannot sync upload {id}: {e}")))?;
+            upload.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
         }
+        let Some(upload) = self.uploads.get_mut(&id) else { return Ok(()) };
         let (received, size, unreported) = (upload.received, upload.size, upload.unreported);
         if received == size {
             return self.finish_upload(id).await;
@@ -968,7 +976,10 @@ impl Live<'_> {
     async fn finish_upload(&mut self, id: FileId) -> Result<(), End> {
         use sha2::Digest;
         let Some(upload) = self.uploads.remove(&id) else { return Ok(()) };
-        let Upload { file, hasher, name, size, sha256, to, .. } = upload;
+        let Upload { file, hasher, name, size, sha256, to, syncing, .. } = upload;
+        if let Some(syncing) = syncing {
+            let _ = syncing.await;
+        }
         let actual: [u8; 32] = hasher.finalize().into();
         let disk = self.ctx.disk.clone();
         let verified = tokio::task::spawn_blocking(move || {

@@ -91,6 +91,8 @@ pub struct Upload {
     pub unreported: u16,
     /// Bytes written since the partial file was last synced.
     pub unsynced: u64,
+    /// The sync in progress, if any.
+    pub syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 impl std::fmt::Debug for Upload {
