@@ -457,14 +457,12 @@ async fn a_resent_client_id_is_stored_once_even_across_connections() {
     let mut bob = server.connect("bob", "pb").await.unwrap();
     let m = next_delivery(&mut bob).await;
     assert_eq!((m.seq, text(&m)), (seq, "exactly once"));
-    bob.request(&ClientMessage::History(casataa_proto::message::HistoryRequest {
+    let request = ClientMessage::History(casataa_proto::message::HistoryRequest {
         target: general(),
         before: None,
         limit: 50,
-    }))
-    .await
-    .unwrap();
-    let (items, more) = history_page_after_request(&mut bob).await;
+    });
+    let (items, more) = history_page(&mut bob, &request).await;
     assert_eq!((items, more), (vec![seq], false), "stored once");
 }
 
@@ -474,17 +472,6 @@ async fn stored(client: &mut Client) -> u64 {
         _ => None,
     });
     timeout(Duration::from_secs(10), fut).await.unwrap().unwrap()
-}
-
-async fn history_page_after_request(client: &mut Client) -> (Vec<u64>, bool) {
-    let mut items = Vec::new();
-    loop {
-        match timeout(Duration::from_secs(10), client.next_event()).await.unwrap().unwrap() {
-            Event::Message(ServerMessage::HistoryItem(m)) => items.push(m.seq),
-            Event::Message(ServerMessage::HistoryEnd { more, .. }) => return (items, more),
-            _ => {}
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,11 @@ use common::TestServer;
 
 fn casataa() -> PathBuf {
     let path = std::path::Path::new(env!("CARGO_BIN_EXE_casataa-server")).with_file_name("casataa");
-    assert!(path.exists(), "{} is missing: build the workspace (cargo xtask test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`; cargo xtask test does)",
+        path.display()
+    );
     path
 }
 

@@ -130,6 +130,9 @@ fn test() -> Result {
         run(&cargo, ["build", "--package", "casataa-proto", "--target", target])?;
         run(&cargo, ["clippy", "--package", "casataa-proto", "--target", target, "--", "-D", "warnings"])?;
     }
+    // Tests run the binaries of other packages (the server's tests drive the `casataa`
+    // client as a process): build them all first, so no test sees a stale binary.
+    run(&cargo, ["build", "--workspace", "--bins"])?;
     let (passed, failed) = run_tests(&cargo, &["test", "--workspace"])?;
     fuzz(TEST_FUZZ_SECS, &[])?;
     eprintln!("\nxtask: all checks passed in {} s", started.elapsed().as_secs());
