@@ -330,9 +330,12 @@ async fn run_session(
     let Accepted { session, user, role, login } = accepted;
     let registration = ctx.hub.register(&user, login.kind, addr.clone());
     let kind = login.kind;
-    ctx.hub
-        .record(ActivityKind::Connect, user.as_str(), &addr, format!("{} connected ({kind:?})", user))
-        .await;
+    // Recorded beside the login rather than before the welcome: a login does not wait
+    // for a commit.
+    let (hub, who, from) = (Arc::clone(&ctx.hub), user.to_string(), addr.clone());
+    tokio::spawn(async move {
+        hub.record(ActivityKind::Connect, &who, &from, format!("{who} connected ({kind:?})")).await;
+    });
     let name = user.to_string();
     let device = login.device;
     let cursor = match ctx.hub.store().read(move |conn| store::cursor(conn, &name, &device)).await {

@@ -516,3 +516,38 @@ async fn failed_logins_are_logged_with_their_reason_and_passwd_changes_the_passp
     assert!(server.connect("alice", "pa").await.is_err());
     assert!(server.connect("alice", "new secret").await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_from_the_shell_and_a_send_load_do_not_lock_each_other_out() {
+    let server = TestServer::start(&[("alice", "pa", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let sending = tokio::spawn(async move {
+        for i in 0..400 {
+            let body = format!("m{i}");
+            alice
+                .send_text(general(), body.as_str().try_into().unwrap())
+                .await
+                .expect("every message is stored");
+        }
+    });
+    let data = server.data.clone();
+    let shell = tokio::task::spawn_blocking(move || {
+        for i in 0..8 {
+            let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_casataa-server"))
+                .arg("--data")
+                .arg(&data)
+                .args(["user", "add", &format!("u{i}"), "--passphrase-stdin"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut add.stdin.take().unwrap(), b"secret\n").unwrap();
+            let out = add.wait_with_output().unwrap();
+            assert!(out.status.success(), "user add u{i}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    });
+    shell.await.unwrap();
+    sending.await.unwrap();
+    assert!(server.user_command(&["list"]).contains("u7"));
+}

@@ -398,7 +398,10 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Job>, latest: watch::S
 type BatchOutcome = Result<Vec<Completion>, (Vec<Completion>, StoreError)>;
 
 fn commit_batch(conn: &mut Connection, batch: Vec<Job>) -> BatchOutcome {
-    let tx = match conn.transaction() {
+    // IMMEDIATE: take the write lock at BEGIN, waiting (busy timeout) for another
+    // process such as `casataa-server user add`. A deferred transaction that upgrades
+    // to writing while another writer holds the lock fails at once instead.
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         // The jobs are dropped unrun; their callers see the store as closed.
         Err(e) => return Err((Vec::new(), e.into())),

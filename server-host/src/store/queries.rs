@@ -85,7 +85,8 @@ pub(crate) fn initialise(conn: &mut Connection, now: UnixMillis) -> Result<(), S
     if version > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema(version));
     }
-    let tx = conn.transaction()?;
+    // IMMEDIATE: wait for a running server's writer instead of failing at once.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.execute(
