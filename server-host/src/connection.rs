@@ -35,7 +35,7 @@ use crate::files::{Disk, Download, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
-use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, QueueFull, run_writer};
+use crate::transport::{FrameReader, FrameWriter, OutQueue, QueueFull, run_writer};
 use crate::{generate_passphrase, unix_millis};
 
 /// Bytes of queued frames below which the session pulls more messages from the store.
@@ -54,8 +54,6 @@ const MAX_UPLOADS: usize = 4;
 const CHUNK_MAX: usize = 60 * 1024;
 /// Bytes of an upload written between syncs of its partial file.
 const SYNC_EVERY: u64 = 16 << 20;
-/// Bytes queued before downloads wait (chat frames still go first).
-const BULK_HIGH_WATER: usize = 512 * 1024;
 
 thread_local! {
     /// Where frames are sealed before they are copied into the outbound queue.
@@ -186,7 +184,7 @@ pub async fn refuse_busy(writer: FrameWriter) {
 fn push_refusal(queue: &OutQueue, refusal: Refusal) {
     let mut buf = [0u8; 64];
     if let Ok(n) = encode_handshake(&Handshake::Refused(refusal), &mut buf) {
-        let _ = queue.push(Lane::Control, buf.get(..n).unwrap_or_default().to_vec());
+        let _ = queue.push(buf.get(..n).unwrap_or_default().to_vec());
     }
 }
 
@@ -242,7 +240,7 @@ async fn handshake(
     let mut buf = [0u8; HANDSHAKE_FRAME_MAX];
     let n = session.accept_user(lookup, &mut buf).map_err(|e| HandshakeEnd::Gone(e.to_string()))?;
     queue
-        .push(Lane::Control, buf.get(..n).unwrap_or_default().to_vec())
+        .push(buf.get(..n).unwrap_or_default().to_vec())
         .map_err(|_| HandshakeEnd::Gone("queue full".into()))?;
     let mut frame = match reader.next_frame(ctx.settings.max_frame as usize).await {
         Ok(Some(frame)) => frame,
@@ -397,7 +395,7 @@ impl Live<'_> {
     }
 
     /// Seals `message` and queues it.
-    fn send(&mut self, message: &ServerMessage<'_>, lane: Lane) -> Result<(), End> {
+    fn send(&mut self, message: &ServerMessage<'_>) -> Result<(), End> {
         // Sealed in a scratch buffer of the worker thread, then copied at its exact
         // size: an idle session holds no 64 KiB buffer of its own.
         let frame = SCRATCH.with(|scratch| {
@@ -408,15 +406,12 @@ impl Live<'_> {
         let n = frame.len();
         self.registration.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         self.registration.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.queue.push(lane, frame)?;
+        self.queue.push(frame)?;
         Ok(())
     }
 
     fn error(&mut self, code: ErrorCode, about: u64, detail: &str) -> Result<(), End> {
-        self.send(
-            &ServerMessage::Error(ErrorReport { code, about, detail: truncated(detail) }),
-            Lane::Control,
-        )
+        self.send(&ServerMessage::Error(ErrorReport { code, about, detail: truncated(detail) }))
     }
 
     async fn run(&mut self, reader: &mut FrameReader, cursor: Seq) -> End {
@@ -429,7 +424,7 @@ impl Live<'_> {
             cursor,
             limits: self.limits(),
         });
-        if let Err(end) = self.send(&welcome, Lane::Control) {
+        if let Err(end) = self.send(&welcome) {
             return end;
         }
         let mut latest = self.ctx.hub.store().latest_seq();
@@ -458,7 +453,7 @@ impl Live<'_> {
             let step = tokio::select! {
                 biased;
                 reason = closer.closed() => {
-                    let _ = self.send(&ServerMessage::Closing { reason }, Lane::Control);
+                    let _ = self.send(&ServerMessage::Closing { reason });
                     return End::Closed(reason);
                 }
                 frame = reader.next_frame(max_frame) => match frame {
@@ -477,7 +472,7 @@ impl Live<'_> {
                 Some(event) = self.registration.events.recv() => self.on_hub_event(event),
                 event = recv_activity(&mut self.activity), if self.activity.is_some() => {
                     match event {
-                        Some(event) => self.send(&ServerMessage::Activity(event), Lane::Control),
+                        Some(event) => self.send(&ServerMessage::Activity(event)),
                         None => Ok(()),
                     }
                 }
@@ -497,11 +492,11 @@ impl Live<'_> {
                     if self.queue.bytes() > 0 && self.queue.stalled_for() > stall {
                         Err(End::Closed(CloseReason::TooSlow))
                     } else if now >= last_heard + idle {
-                        let _ = self.send(&ServerMessage::Closing { reason: CloseReason::Idle }, Lane::Control);
+                        let _ = self.send(&ServerMessage::Closing { reason: CloseReason::Idle });
                         Err(End::Closed(CloseReason::Idle))
                     } else if !ping_sent && now >= last_heard + idle / 2 {
                         ping_sent = true;
-                        self.send(&ServerMessage::Ping { nonce: unix_millis() }, Lane::Control)
+                        self.send(&ServerMessage::Ping { nonce: unix_millis() })
                     } else {
                         Ok(())
                     }
@@ -511,7 +506,7 @@ impl Live<'_> {
                 if let End::Closed(reason) = &end
                     && *reason != CloseReason::TooSlow
                 {
-                    let _ = self.send(&ServerMessage::Closing { reason: *reason }, Lane::Control);
+                    let _ = self.send(&ServerMessage::Closing { reason: *reason });
                 }
                 return end;
             }
@@ -557,7 +552,7 @@ impl Live<'_> {
                 return Ok(());
             };
             for message in batch {
-                self.send(&ServerMessage::Deliver(message), Lane::Control)?;
+                self.send(&ServerMessage::Deliver(message))?;
             }
             self.sent_up_to = last;
         }
@@ -632,10 +627,10 @@ impl Live<'_> {
                 for entry in files {
                     let _ = page.push(entry);
                 }
-                self.send(&ServerMessage::FileList { files: page, last }, Lane::Control)
+                self.send(&ServerMessage::FileList { files: page, last })
             }
             ClientMessage::Admin { req, request } => self.on_admin(req, request).await,
-            ClientMessage::Ping { nonce } => self.send(&ServerMessage::Pong { nonce }, Lane::Control),
+            ClientMessage::Ping { nonce } => self.send(&ServerMessage::Pong { nonce }),
             ClientMessage::Pong { .. } => Ok(()),
             ClientMessage::Login(_) => Err(End::Protocol(SessionError::Unexpected)),
         }
@@ -654,7 +649,7 @@ impl Live<'_> {
             for item in chunk {
                 let _ = bounded.push(item.clone());
             }
-            self.send(&page(bounded, i + 1 == count), Lane::Control)?;
+            self.send(&page(bounded, i + 1 == count))?;
         }
         Ok(())
     }
@@ -739,10 +734,7 @@ impl Live<'_> {
                 if let Some(event) = event {
                     self.ctx.hub.publish(event);
                 }
-                self.send(
-                    &ServerMessage::Stored { client_id, seq: appended.seq, at: appended.at },
-                    Lane::Control,
-                )
+                self.send(&ServerMessage::Stored { client_id, seq: appended.seq, at: appended.at })
             }
             Err(e) => {
                 tracing::error!("cannot store a message: {e}");
@@ -766,9 +758,9 @@ impl Live<'_> {
             .read(move |conn| store::history(conn, &user, &query_target, before, limit))
             .await?;
         for message in page {
-            self.send(&ServerMessage::HistoryItem(message), Lane::Control)?;
+            self.send(&ServerMessage::HistoryItem(message))?;
         }
-        self.send(&ServerMessage::HistoryEnd { target, more }, Lane::Control)
+        self.send(&ServerMessage::HistoryEnd { target, more })
     }
 
     async fn on_join(&mut self, room: Name) -> Result<(), End> {
@@ -780,7 +772,7 @@ impl Live<'_> {
             Ok(()) => {
                 self.ctx.hub.set_member(&room, &self.user, true);
                 self.backlog = true;
-                self.send(&ServerMessage::RoomJoined { room }, Lane::Control)
+                self.send(&ServerMessage::RoomJoined { room })
             }
             Err(StoreError::NoSuchRoom) => self.error(ErrorCode::NoSuchRoom, 0, "no such room"),
             Err(e) => Err(e.into()),
@@ -794,7 +786,7 @@ impl Live<'_> {
         let (r, u) = (room.clone(), self.user.clone());
         self.ctx.hub.store().write(move |conn| store::leave(conn, &r, &u)).await?;
         self.ctx.hub.set_member(&room, &self.user, false);
-        self.send(&ServerMessage::RoomLeft { room }, Lane::Control)
+        self.send(&ServerMessage::RoomLeft { room })
     }
 
     async fn on_create(&mut self, room: Name) -> Result<(), End> {
@@ -821,7 +813,7 @@ impl Live<'_> {
                         format!("{} created #{room}", self.user),
                     )
                     .await;
-                self.send(&ServerMessage::RoomJoined { room }, Lane::Control)
+                self.send(&ServerMessage::RoomJoined { room })
             }
             Err(StoreError::AlreadyExists) => {
                 self.error(ErrorCode::AlreadyExists, 0, "that room exists; join it")
@@ -904,10 +896,13 @@ impl Live<'_> {
             },
         );
         let chunk_max = casataa_proto::limits::chunk_capacity(self.ctx.settings.max_frame as usize) as u32;
-        self.send(
-            &ServerMessage::FileAccepted { transfer, file: id, offset: held, chunk_max, window: WINDOW },
-            Lane::Control,
-        )?;
+        self.send(&ServerMessage::FileAccepted {
+            transfer,
+            file: id,
+            offset: held,
+            chunk_max,
+            window: WINDOW,
+        })?;
         if held == size { self.finish_upload(id).await } else { Ok(()) }
     }
 
@@ -970,7 +965,7 @@ impl Live<'_> {
             }
             let now = unix_millis();
             self.ctx.hub.store().write_detached(move |conn| store::touch_upload(conn, id, now)).await?;
-            self.send(&ServerMessage::FileProgress { file: id, received }, Lane::Control)?;
+            self.send(&ServerMessage::FileProgress { file: id, received })?;
         }
         Ok(())
     }
@@ -1041,7 +1036,7 @@ impl Live<'_> {
             })
             .await?;
         self.ctx.hub.publish(event);
-        self.send(&ServerMessage::FileStored { file: id, sha256 }, Lane::Control)
+        self.send(&ServerMessage::FileStored { file: id, sha256 })
     }
 
     async fn on_download(&mut self, id: FileId, offset: u64) -> Result<(), End> {
@@ -1075,13 +1070,16 @@ impl Live<'_> {
             );
             self.ctx.hub.record(ActivityKind::FileDownloaded, self.user.as_str(), &self.addr, detail).await;
         }
-        self.send(&ServerMessage::FileStart { file: row.info, offset }, Lane::Control)?;
+        self.send(&ServerMessage::FileStart { file: row.info, offset })?;
         self.downloads.retain(|d| d.acked < d.size);
         Ok(())
     }
 
     /// Sends download chunks, round-robin over the active downloads, while each is
-    /// within its window and the queue is not full; chunks take the bulk lane.
+    /// within its window and the outbound queue holds less than two chunks. Sealed
+    /// frames cannot be reordered (their counters are implicit), so this is where chat
+    /// goes first: a chat frame never waits behind more than two queued chunks, and the
+    /// loop runs again only after every pending request and event was handled.
     fn pump_downloads(&mut self) -> Result<(), End> {
         self.downloads_blocked = false;
         if self.downloads.is_empty() {
@@ -1089,8 +1087,7 @@ impl Live<'_> {
         }
         let chunk_len = casataa_proto::limits::chunk_capacity(self.session.client_max_frame()).min(CHUNK_MAX);
         let window = u64::from(WINDOW) * chunk_len as u64;
-        // Leave at least half the queue for chat and control frames.
-        let high_water = (self.ctx.settings.out_queue_bytes / 2).min(BULK_HIGH_WATER);
+        let high_water = (self.ctx.settings.out_queue_bytes / 2).min(2 * chunk_len);
         let mut chunk = vec![0u8; chunk_len];
         loop {
             if self.queue.bytes() >= high_water {
@@ -1107,7 +1104,7 @@ impl Live<'_> {
                     let (offset, len) =
                         read.map_err(|e| End::Transport(format!("cannot read file {id}: {e}")))?;
                     let data = chunk.get(..len).unwrap_or_default();
-                    self.send(&ServerMessage::FileChunk(FileChunk { file: id, offset, data }), Lane::Bulk)?;
+                    self.send(&ServerMessage::FileChunk(FileChunk { file: id, offset, data }))?;
                     sent_any = true;
                 } else {
                     self.downloads.push_back(download);
@@ -1124,8 +1121,8 @@ impl Live<'_> {
 
     fn on_hub_event(&mut self, event: HubEvent) -> Result<(), End> {
         match event {
-            HubEvent::Presence(presence) => self.send(&ServerMessage::Presence(presence), Lane::Control),
-            HubEvent::Typing { from, to } => self.send(&ServerMessage::Typing { from, to }, Lane::Control),
+            HubEvent::Presence(presence) => self.send(&ServerMessage::Presence(presence)),
+            HubEvent::Typing { from, to } => self.send(&ServerMessage::Typing { from, to }),
             HubEvent::SessionsChanged => {
                 let sessions = self.ctx.hub.sessions();
                 self.send_pages(sessions, |sessions, last| ServerMessage::Sessions { sessions, last })
@@ -1147,7 +1144,7 @@ impl Live<'_> {
                 )
                 .await;
             let result = AdminResult::Failed(ErrorCode::Forbidden);
-            return self.send(&ServerMessage::AdminResult { req, result }, Lane::Control);
+            return self.send(&ServerMessage::AdminResult { req, result });
         }
         let result = match request {
             AdminRequest::Watch { sessions, activity } => {
@@ -1165,7 +1162,7 @@ impl Live<'_> {
                         .read(|conn| store::recent_activity(conn, ACTIVITY_BACKLOG))
                         .await?;
                     for event in backlog {
-                        self.send(&ServerMessage::Activity(event), Lane::Control)?;
+                        self.send(&ServerMessage::Activity(event))?;
                     }
                     self.activity = Some(receiver);
                 } else {
@@ -1244,7 +1241,7 @@ impl Live<'_> {
                 AdminResult::Files { files: page, last }
             }
         };
-        self.send(&ServerMessage::AdminResult { req, result }, Lane::Control)
+        self.send(&ServerMessage::AdminResult { req, result })
     }
 
     async fn create_user(

@@ -1,9 +1,13 @@
 //! Frames over TCP and WebSocket, and the per-connection outbound queue.
 //!
 //! Both transports give the session whole frames and take whole frames, so the session
-//! code does not know which it talks to. The outbound queue has two lanes: control and
-//! chat frames always go before file chunks (quality of service), and the queue is
-//! bounded in bytes: a client that stops reading is cut off instead of growing memory.
+//! code does not know which it talks to. The outbound queue is bounded in bytes: a
+//! client that stops reading is cut off instead of growing memory.
+//!
+//! The queue is strictly first in, first out. Sealed frames carry an implicit counter,
+//! so they must leave in the order they were sealed; chat goes ahead of file data
+//! because the session generates file chunks only while this queue is nearly empty
+//! (see `pump_downloads` in `connection.rs`), not by reordering sealed frames.
 
 use std::collections::VecDeque;
 use std::io;
@@ -157,33 +161,17 @@ impl std::fmt::Debug for FrameWriter {
     }
 }
 
-/// Which lane a frame goes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// Handshake, control, chat, presence: always first.
-    Control,
-    /// File chunks: when the control lane is empty.
-    Bulk,
-}
-
-struct Lanes {
-    control: VecDeque<Vec<u8>>,
-    bulk: VecDeque<Vec<u8>>,
+struct Frames {
+    frames: VecDeque<Vec<u8>>,
     bytes: usize,
     closed: bool,
     /// When the writer last took a frame, or the queue last became non-empty.
     progress: std::time::Instant,
 }
 
-impl Default for Lanes {
+impl Default for Frames {
     fn default() -> Self {
-        Self {
-            control: VecDeque::new(),
-            bulk: VecDeque::new(),
-            bytes: 0,
-            closed: false,
-            progress: std::time::Instant::now(),
-        }
+        Self { frames: VecDeque::new(), bytes: 0, closed: false, progress: std::time::Instant::now() }
     }
 }
 
@@ -191,9 +179,9 @@ impl Default for Lanes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// Frames waiting to be written, in two lanes, bounded in bytes.
+/// Frames waiting to be written, in order, bounded in bytes.
 pub struct OutQueue {
-    lanes: Mutex<Lanes>,
+    state: Mutex<Frames>,
     limit: usize,
     /// Wakes the writer.
     ready: Notify,
@@ -212,42 +200,39 @@ impl OutQueue {
     /// A queue that refuses frames once it holds `limit` bytes, and reports room below
     /// `low_water` bytes.
     pub fn new(limit: usize, low_water: usize) -> Self {
-        Self { lanes: Mutex::default(), limit, ready: Notify::new(), drained: Notify::new(), low_water }
+        Self { state: Mutex::default(), limit, ready: Notify::new(), drained: Notify::new(), low_water }
     }
 
-    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
-        self.lanes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn state(&self) -> std::sync::MutexGuard<'_, Frames> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues a frame.
-    pub fn push(&self, lane: Lane, frame: Vec<u8>) -> Result<(), QueueFull> {
-        let mut lanes = self.lanes();
-        if lanes.bytes + frame.len() > self.limit {
+    pub fn push(&self, frame: Vec<u8>) -> Result<(), QueueFull> {
+        let mut state = self.state();
+        if state.bytes + frame.len() > self.limit {
             return Err(QueueFull);
         }
-        if lanes.bytes == 0 {
-            lanes.progress = std::time::Instant::now();
+        if state.bytes == 0 {
+            state.progress = std::time::Instant::now();
         }
-        lanes.bytes += frame.len();
-        match lane {
-            Lane::Control => lanes.control.push_back(frame),
-            Lane::Bulk => lanes.bulk.push_back(frame),
-        }
-        drop(lanes);
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        drop(state);
         self.ready.notify_one();
         Ok(())
     }
 
     /// Bytes waiting.
     pub fn bytes(&self) -> usize {
-        self.lanes().bytes
+        self.state().bytes
     }
 
     /// How long frames have waited without the writer taking any: how long the client
     /// has not been reading.
     pub fn stalled_for(&self) -> std::time::Duration {
-        let lanes = self.lanes();
-        if lanes.bytes == 0 { std::time::Duration::ZERO } else { lanes.progress.elapsed() }
+        let state = self.state();
+        if state.bytes == 0 { std::time::Duration::ZERO } else { state.progress.elapsed() }
     }
 
     /// Whether the queue is below its low-water mark.
@@ -268,31 +253,27 @@ impl OutQueue {
 
     /// No more frames will be queued; the writer ends after the queued ones.
     pub fn close(&self) {
-        self.lanes().closed = true;
+        self.state().closed = true;
         self.ready.notify_one();
     }
 
-    /// The next frame to write, control lane first; `None` once closed and empty.
+    /// The next frame to write; `None` once closed and empty.
     pub async fn pop(&self) -> Option<Vec<u8>> {
         loop {
             let notified = self.ready.notified();
             {
-                let mut lanes = self.lanes();
-                let frame = match lanes.control.pop_front() {
-                    Some(frame) => Some(frame),
-                    None => lanes.bulk.pop_front(),
-                };
-                if let Some(frame) = frame {
-                    lanes.bytes -= frame.len();
-                    lanes.progress = std::time::Instant::now();
-                    let room = lanes.bytes < self.low_water;
-                    drop(lanes);
+                let mut state = self.state();
+                if let Some(frame) = state.frames.pop_front() {
+                    state.bytes -= frame.len();
+                    state.progress = std::time::Instant::now();
+                    let room = state.bytes < self.low_water;
+                    drop(state);
                     if room {
                         self.drained.notify_waiters();
                     }
                     return Some(frame);
                 }
-                if lanes.closed {
+                if state.closed {
                     return None;
                 }
             }
@@ -321,23 +302,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn control_frames_overtake_queued_bulk_frames() {
+    async fn frames_leave_in_the_order_they_were_sealed() {
         let queue = OutQueue::new(1 << 20, 1 << 10);
-        queue.push(Lane::Bulk, vec![1; 100]).unwrap();
-        queue.push(Lane::Bulk, vec![2; 100]).unwrap();
-        queue.push(Lane::Control, vec![3; 10]).unwrap();
-        assert_eq!(queue.pop().await.unwrap()[0], 3);
-        assert_eq!(queue.pop().await.unwrap()[0], 1);
-        queue.push(Lane::Control, vec![4; 10]).unwrap();
-        assert_eq!(queue.pop().await.unwrap()[0], 4);
-        assert_eq!(queue.pop().await.unwrap()[0], 2);
+        for i in 0..5u8 {
+            queue.push(vec![i; 100]).unwrap();
+        }
+        for i in 0..5u8 {
+            assert_eq!(queue.pop().await.unwrap()[0], i);
+        }
     }
 
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes_and_ends_when_closed() {
         let queue = OutQueue::new(100, 50);
-        queue.push(Lane::Control, vec![0; 60]).unwrap();
-        assert_eq!(queue.push(Lane::Control, vec![0; 41]), Err(QueueFull));
+        queue.push(vec![0; 60]).unwrap();
+        assert_eq!(queue.push(vec![0; 41]), Err(QueueFull));
         assert!(!queue.has_room());
         queue.close();
         assert!(queue.pop().await.is_some());

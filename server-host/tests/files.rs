@@ -446,3 +446,27 @@ async fn a_full_disk_fails_that_transfer_cleanly_and_nothing_else() {
     random_file(&small, 100_000);
     assert!(transfer::upload(&mut alice, &small, general(), |_, _| {}).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_deliveries_interleave_with_a_download_without_breaking_the_frame_order() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false), ("carol", "pc", false)]);
+    let dir = scratch(&server, "t");
+    let source = dir.join("big.bin");
+    random_file(&source, 24 << 20);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let id = transfer::upload(&mut alice, &source, general(), |_, _| {}).await.unwrap();
+    let mut carol = server.connect("carol", "pc").await.unwrap();
+    let chatting = tokio::spawn(async move {
+        for i in 0..200 {
+            let body = format!("while downloading {i}");
+            carol.send_text(general(), body.as_str().try_into().unwrap()).await.unwrap();
+        }
+    });
+    // Bob receives chat deliveries (sealed after chunks already queued) during the
+    // download; any reordering of sealed frames would fail to open.
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let out = scratch(&server, "bob");
+    let (path, _) = transfer::download(&mut bob, id, Destination::Directory(out), |_, _| {}).await.unwrap();
+    assert_eq!(sha256_file(&path).unwrap(), sha256_file(&source).unwrap());
+    chatting.await.unwrap();
+}
