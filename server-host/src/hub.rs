@@ -198,8 +198,11 @@ impl Hub {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let stats = Arc::new(SessionStats::default());
         let closer = Arc::new(Closer::default());
-        {
+        let already_shown = {
             let mut state = self.state();
+            // Presence changes only when the user comes online, or on another kind of
+            // client: another session of the same kind tells nobody anything new.
+            let already_shown = state.sessions.values().any(|s| &s.user == user && s.kind == kind);
             state.sessions.insert(
                 id,
                 SessionEntry {
@@ -213,8 +216,11 @@ impl Hub {
                     watches_sessions: false,
                 },
             );
+            already_shown
+        };
+        if !already_shown {
+            self.broadcast(&HubEvent::Presence(Presence { user: user.clone(), online: true, kind }), None);
         }
-        self.broadcast(&HubEvent::Presence(Presence { user: user.clone(), online: true, kind }), None);
         self.notify_session_watchers();
         Registration { hub: Arc::clone(self), id, events, stats, closer }
     }
