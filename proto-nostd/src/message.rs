@@ -549,6 +549,24 @@ pub enum ActivityKind {
     Violation,
 }
 
+impl ActivityKind {
+    /// Every kind, in tag order: `ALL[tag]` is the kind with that tag.
+    pub const ALL: [Self; 12] = [
+        Self::Connect,
+        Self::Disconnect,
+        Self::LoginFailed,
+        Self::Message,
+        Self::FileStored,
+        Self::FileDownloaded,
+        Self::Kick,
+        Self::UserCreated,
+        Self::UserDisabled,
+        Self::UserEnabled,
+        Self::RoomCreated,
+        Self::Violation,
+    ];
+}
+
 /// The outcome of an admin request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminResult {

@@ -374,3 +374,12 @@ proptest! {
         let _ = decode_exact::<Handshake>(&bytes);
     }
 }
+
+#[test]
+fn activity_kinds_are_listed_in_tag_order() {
+    for (tag, kind) in ActivityKind::ALL.iter().enumerate() {
+        assert_eq!(enc(kind), [tag as u8], "{kind:?}");
+    }
+    let past_the_end = [ActivityKind::ALL.len() as u8];
+    assert!(decode_exact::<ActivityKind>(&past_the_end).is_err(), "ALL lists every kind");
+}

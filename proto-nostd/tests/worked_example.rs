@@ -8,7 +8,7 @@
 
 use casataa_proto::ClientMessage;
 use casataa_proto::frame::length_prefix;
-use casataa_proto::handshake::{KdfAlgorithm, KdfParams, UserKey, decoy_salt, derive_user_key, public_key};
+use casataa_proto::handshake::{KdfAlgorithm, KdfParams, decoy_salt, derive_user_key, public_key};
 use casataa_proto::message::{Limits, ServerMessage, Welcome};
 use casataa_proto::session::{ClientConfig, ClientEvent, ServerConfig, ServerEvent, UserLookup};
 use casataa_proto::types::{ClientKind, Name, Role, Target};
@@ -142,7 +142,6 @@ fn compute() -> Vec<(&'static str, Vec<u8>)> {
     // The decoy salt an unknown user "mallory" gets from a server whose secret is
     // 0x00 repeated 32 times.
     out.push(("decoy_salt_mallory", decoy_salt(&[0u8; 32], &Name::new("mallory").unwrap()).to_vec()));
-    let _ = UserKey([0; 32]);
     out
 }
 

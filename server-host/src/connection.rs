@@ -492,7 +492,6 @@ impl Live<'_> {
                     if self.queue.bytes() > 0 && self.queue.stalled_for() > stall {
                         Err(End::Closed(CloseReason::TooSlow))
                     } else if now >= last_heard + idle {
-                        let _ = self.send(&ServerMessage::Closing { reason: CloseReason::Idle });
                         Err(End::Closed(CloseReason::Idle))
                     } else if !ping_sent && now >= last_heard + idle / 2 {
                         ping_sent = true;

@@ -391,11 +391,6 @@ impl Hub {
         }
     }
 
-    /// How many sessions are registered.
-    pub fn session_count(&self) -> usize {
-        self.state().sessions.len()
-    }
-
     /// The live activity feed.
     pub fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {
         self.activity.subscribe()

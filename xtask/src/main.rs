@@ -57,9 +57,13 @@ Commands:
     );
 }
 
-/// The workspace root, from this crate's manifest directory.
+/// The workspace root, from this crate's manifest directory. Read when running (cargo
+/// sets it for `cargo run`) before the compile-time value: checkouts in different
+/// folders that share one target directory can end up running each other's binary.
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn cargo() -> String {

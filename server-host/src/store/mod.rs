@@ -322,11 +322,6 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// Appends a chat message (group commit); returns once it is on disk.
-    pub async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
-        self.append_with(message, |_, _, _| Ok(())).await.map(|(appended, ())| appended)
-    }
-
     /// Messages for `user` after `after`, oldest first.
     pub async fn messages_for(
         &self,

@@ -426,24 +426,11 @@ fn activity_kind_to_sql(kind: ActivityKind) -> i64 {
 }
 
 fn activity_kind_from_sql(value: i64) -> ActivityKind {
-    use ActivityKind::*;
-    [
-        Connect,
-        Disconnect,
-        LoginFailed,
-        Message,
-        FileStored,
-        FileDownloaded,
-        Kick,
-        UserCreated,
-        UserDisabled,
-        UserEnabled,
-        RoomCreated,
-        Violation,
-    ]
-    .get(value as usize)
-    .copied()
-    .unwrap_or(Violation)
+    usize::try_from(value)
+        .ok()
+        .and_then(|tag| ActivityKind::ALL.get(tag))
+        .copied()
+        .unwrap_or(ActivityKind::Violation)
 }
 
 /// Records an activity and returns it with its id.
