@@ -7,17 +7,13 @@
 //! order, the receiver always knows the counter to expect, so a replayed, dropped,
 //! reordered or altered frame fails authentication and the connection is closed.
 
-use aes::Aes128;
-use ccm::aead::{AeadInOut, KeyInit};
-use ccm::consts::{U13, U16};
-use ccm::{Ccm, Nonce, Tag};
 use core::fmt;
 
+use crate::ccm_mode::{Aes128Ccm16, CCM_TAG_LEN};
 use crate::frame::KIND_SEALED;
 use crate::limits::{FRAME_MAX, HEADER_LEN, NONCE_LEN, TAG_LEN};
 
-/// AES-128-CCM with a 16-byte tag and a 13-byte nonce.
-pub type Aes128Ccm = Ccm<Aes128, U16, U13>;
+const _: () = assert!(TAG_LEN == CCM_TAG_LEN);
 
 /// Which way a frame travels; the first byte of its nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +95,7 @@ impl core::error::Error for OpenError {}
 
 /// Seals the frames of one direction: one key, one counter.
 pub struct FrameSealer {
-    cipher: Aes128Ccm,
+    cipher: Aes128Ccm16,
     direction: Direction,
     next: u64,
 }
@@ -107,7 +103,7 @@ pub struct FrameSealer {
 impl FrameSealer {
     /// A sealer for `direction`, starting at counter 0.
     pub fn new(key: &[u8; 16], direction: Direction) -> Self {
-        Self { cipher: Aes128Ccm::new(key.into()), direction, next: 0 }
+        Self { cipher: Aes128Ccm16::new(key), direction, next: 0 }
     }
 
     /// The counter the next sealed frame will use.
@@ -130,10 +126,9 @@ impl FrameSealer {
         let (header, rest) = frame.split_at_mut(HEADER_LEN);
         header.copy_from_slice(&[KIND_SEALED]);
         let (plaintext, tail) = rest.split_at_mut(plaintext_len);
-        let nonce_bytes = nonce(self.direction, counter);
         let tag = self
             .cipher
-            .encrypt_inout_detached(&Nonce::<U13>::from(nonce_bytes), header, plaintext.into())
+            .seal(&nonce(self.direction, counter), header, plaintext)
             // Only fails for plaintexts over 65,535 bytes, excluded above.
             .map_err(|_| SealError::TooLarge)?;
         let tag_out = tail.get_mut(..TAG_LEN).ok_or(SealError::BufferTooSmall)?;
@@ -153,7 +148,7 @@ impl fmt::Debug for FrameSealer {
 
 /// Opens the frames of one direction: one key, one expected counter.
 pub struct FrameOpener {
-    cipher: Aes128Ccm,
+    cipher: Aes128Ccm16,
     direction: Direction,
     next: u64,
 }
@@ -161,7 +156,7 @@ pub struct FrameOpener {
 impl FrameOpener {
     /// An opener for `direction`, expecting counter 0 first.
     pub fn new(key: &[u8; 16], direction: Direction) -> Self {
-        Self { cipher: Aes128Ccm::new(key.into()), direction, next: 0 }
+        Self { cipher: Aes128Ccm16::new(key), direction, next: 0 }
     }
 
     /// The counter the next frame must have been sealed with.
@@ -171,8 +166,7 @@ impl FrameOpener {
 
     /// Opens a whole sealed frame in place and returns its plaintext.
     ///
-    /// On failure the buffer's contents are unspecified and the counter is not
-    /// advanced; the caller closes the connection.
+    /// On failure the ciphertext is zeroed and the counter is not advanced; the caller closes the connection.
     pub fn open_in_place<'f>(&mut self, frame: &'f mut [u8]) -> Result<&'f mut [u8], OpenError> {
         if frame.first() != Some(&KIND_SEALED) {
             return Err(OpenError::NotSealed);
@@ -183,10 +177,9 @@ impl FrameOpener {
         let next = self.next.checked_add(1).ok_or(OpenError::CounterExhausted)?;
         let (header, rest) = frame.split_at_mut(HEADER_LEN);
         let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-        let tag = Tag::<U16>::try_from(&*tag).map_err(|_| OpenError::Truncated)?;
-        let nonce_bytes = nonce(self.direction, self.next);
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| OpenError::Truncated)?;
         self.cipher
-            .decrypt_inout_detached(&Nonce::<U13>::from(nonce_bytes), header, ciphertext.into(), &tag)
+            .open(&nonce(self.direction, self.next), header, ciphertext, tag)
             .map_err(|_| OpenError::Forged)?;
         self.next = next;
         Ok(ciphertext)

@@ -29,6 +29,7 @@
 )]
 
 pub mod aead;
+pub mod ccm_mode;
 pub mod frame;
 pub mod handshake;
 pub mod limits;

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use casataa_proto::ServerSession;
 use casataa_proto::handshake::{Handshake, KdfParams, Refusal, UserKey, decoy_salt};
-use casataa_proto::limits::{BODY_MAX, HANDSHAKE_FRAME_MAX, LIST_PAGE_MAX, PROTOCOL_VERSION};
+use casataa_proto::limits::{
+    BODY_MAX, HANDSHAKE_FRAME_MAX, HEADER_LEN, LIST_PAGE_MAX, PROTOCOL_VERSION, TAG_LEN,
+};
 use casataa_proto::message::{
     ActivityEvent, ActivityKind, AdminRequest, AdminResult, ChatMessage, ClientMessage, CloseReason, Content,
     ErrorCode, ErrorReport, FileChunk, FileInfo, FileOffer, HistoryRequest, Limits, Login, RoomInfo,
@@ -35,7 +37,7 @@ use crate::files::{Disk, Download, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
-use crate::transport::{FrameReader, FrameWriter, OutQueue, QueueFull, run_writer};
+use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, Outbound, QueueFull, run_writer};
 use crate::{generate_passphrase, unix_millis};
 
 /// Bytes of queued frames below which the session pulls more messages from the store.
@@ -56,7 +58,7 @@ const CHUNK_MAX: usize = 60 * 1024;
 const SYNC_EVERY: u64 = 16 << 20;
 
 thread_local! {
-    /// Where frames are sealed before they are copied into the outbound queue.
+    /// Where frames are encoded before they are copied into the outbound queue.
     static SCRATCH: std::cell::RefCell<Vec<u8>> =
         std::cell::RefCell::new(vec![0u8; casataa_proto::limits::FRAME_MAX]);
 }
@@ -325,7 +327,12 @@ async fn run_session(
     accepted: Accepted,
     addr: String,
 ) -> End {
-    let Accepted { session, user, role, login } = accepted;
+    let Accepted { mut session, user, role, login } = accepted;
+    // From here on the writer seals, so that chat can overtake queued file chunks.
+    let Some(sealer) = session.take_sealer() else {
+        return End::Protocol(SessionError::NotEstablished);
+    };
+    queue.install_sealer(sealer);
     let registration = ctx.hub.register(&user, login.kind, addr.clone());
     let kind = login.kind;
     // Recorded beside the login rather than before the welcome: a login does not wait
@@ -394,19 +401,21 @@ impl Live<'_> {
         }
     }
 
-    /// Seals `message` and queues it.
+    /// Encodes `message` and queues it; the writer seals it as it writes it. File
+    /// chunks wait in the bulk lane, everything else overtakes them.
     fn send(&mut self, message: &ServerMessage<'_>) -> Result<(), End> {
-        // Sealed in a scratch buffer of the worker thread, then copied at its exact
+        // Encoded in a scratch buffer of the worker thread, then copied at its exact
         // size: an idle session holds no 64 KiB buffer of its own.
-        let frame = SCRATCH.with(|scratch| {
+        let (frame, len) = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let n = self.session.seal(message, &mut scratch)?;
-            Ok::<_, SessionError>(scratch.get(..n).unwrap_or_default().to_vec())
+            let len = self.session.encode(message, &mut scratch)?;
+            let total = HEADER_LEN + len + TAG_LEN;
+            Ok::<_, SessionError>((scratch.get(..total).unwrap_or_default().to_vec(), len))
         })?;
-        let n = frame.len();
-        self.registration.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        let lane = if matches!(message, ServerMessage::FileChunk(_)) { Lane::Bulk } else { Lane::Control };
+        self.registration.stats.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
         self.registration.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.queue.push(frame)?;
+        self.queue.push_to(Outbound::Plain { frame, len }, lane)?;
         Ok(())
     }
 
@@ -1075,10 +1084,10 @@ impl Live<'_> {
     }
 
     /// Sends download chunks, round-robin over the active downloads, while each is
-    /// within its window and the outbound queue holds less than two chunks. Sealed
-    /// frames cannot be reordered (their counters are implicit), so this is where chat
-    /// goes first: a chat frame never waits behind more than two queued chunks, and the
-    /// loop runs again only after every pending request and event was handled.
+    /// within its window and the outbound queue holds less than four chunks. Chunks go
+    /// to the queue's bulk lane, which the writer serves only when no chat or control
+    /// frame waits; the few chunks queued keep the writer busy sealing while this task
+    /// reads the next ones, without holding much memory per download.
     fn pump_downloads(&mut self) -> Result<(), End> {
         self.downloads_blocked = false;
         if self.downloads.is_empty() {
@@ -1086,7 +1095,7 @@ impl Live<'_> {
         }
         let chunk_len = casataa_proto::limits::chunk_capacity(self.session.client_max_frame()).min(CHUNK_MAX);
         let window = u64::from(WINDOW) * chunk_len as u64;
-        let high_water = (self.ctx.settings.out_queue_bytes / 2).min(2 * chunk_len);
+        let high_water = (self.ctx.settings.out_queue_bytes / 2).min(4 * chunk_len);
         let mut chunk = vec![0u8; chunk_len];
         loop {
             if self.queue.bytes() >= high_water {

@@ -4,15 +4,19 @@
 //! code does not know which it talks to. The outbound queue is bounded in bytes: a
 //! client that stops reading is cut off instead of growing memory.
 //!
-//! The queue is strictly first in, first out. Sealed frames carry an implicit counter,
-//! so they must leave in the order they were sealed; chat goes ahead of file data
-//! because the session generates file chunks only while this queue is nearly empty
-//! (see `pump_downloads` in `connection.rs`), not by reordering sealed frames.
+//! The queue has two lanes, control (chat, presence, replies) and bulk (file chunks),
+//! and the writer always empties the control lane first: a message typed during a
+//! 1 GiB download overtakes the chunks already queued. That reordering is possible only
+//! because frames are queued as plaintext and sealed by the writer as it writes them:
+//! sealed frames carry an implicit counter, so they must leave in the order they were
+//! sealed. Sealing in the writer task also lets one core seal while another runs the
+//! session.
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Mutex;
 
+use casataa_proto::aead::FrameSealer;
 use casataa_proto::frame::{FrameError, StreamItem, check_datagram, decode_stream, length_prefix};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -161,17 +165,59 @@ impl std::fmt::Debug for FrameWriter {
     }
 }
 
+/// A frame waiting to be written.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Written as it is: handshake frames and refusals sent before keys exist.
+    Ready(Vec<u8>),
+    /// Plaintext at `frame[1..1 + len]`, with room for the header byte and the tag:
+    /// sealed by the writer just before it is written.
+    Plain {
+        /// The buffer the frame is sealed in.
+        frame: Vec<u8>,
+        /// Plaintext length.
+        len: usize,
+    },
+}
+
+impl Outbound {
+    fn size(&self) -> usize {
+        match self {
+            Self::Ready(frame) | Self::Plain { frame, .. } => frame.len(),
+        }
+    }
+}
+
+/// Which lane a frame waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Chat, presence, replies: always written first.
+    Control,
+    /// File chunks: written when no control frame waits.
+    Bulk,
+}
+
 struct Frames {
-    frames: VecDeque<Vec<u8>>,
+    control: VecDeque<Outbound>,
+    bulk: VecDeque<Outbound>,
     bytes: usize,
     closed: bool,
+    /// The server-to-client sealer, until the writer takes it.
+    sealer: Option<FrameSealer>,
     /// When the writer last took a frame, or the queue last became non-empty.
     progress: std::time::Instant,
 }
 
 impl Default for Frames {
     fn default() -> Self {
-        Self { frames: VecDeque::new(), bytes: 0, closed: false, progress: std::time::Instant::now() }
+        Self {
+            control: VecDeque::new(),
+            bulk: VecDeque::new(),
+            bytes: 0,
+            closed: false,
+            sealer: None,
+            progress: std::time::Instant::now(),
+        }
     }
 }
 
@@ -179,7 +225,7 @@ impl Default for Frames {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// Frames waiting to be written, in order, bounded in bytes.
+/// Frames waiting to be written, in two lanes, bounded in bytes.
 pub struct OutQueue {
     state: Mutex<Frames>,
     limit: usize,
@@ -207,17 +253,32 @@ impl OutQueue {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a frame.
+    /// Gives the writer the sealer for [`Outbound::Plain`] frames. Call it before
+    /// queuing the first of them.
+    pub fn install_sealer(&self, sealer: FrameSealer) {
+        self.state().sealer = Some(sealer);
+    }
+
+    /// Queues a frame that is complete as it is, in the control lane.
     pub fn push(&self, frame: Vec<u8>) -> Result<(), QueueFull> {
+        self.push_to(Outbound::Ready(frame), Lane::Control)
+    }
+
+    /// Queues a frame in `lane`.
+    pub fn push_to(&self, frame: Outbound, lane: Lane) -> Result<(), QueueFull> {
         let mut state = self.state();
-        if state.bytes + frame.len() > self.limit {
+        let size = frame.size();
+        if state.bytes + size > self.limit {
             return Err(QueueFull);
         }
         if state.bytes == 0 {
             state.progress = std::time::Instant::now();
         }
-        state.bytes += frame.len();
-        state.frames.push_back(frame);
+        state.bytes += size;
+        match lane {
+            Lane::Control => state.control.push_back(frame),
+            Lane::Bulk => state.bulk.push_back(frame),
+        }
         drop(state);
         self.ready.notify_one();
         Ok(())
@@ -257,14 +318,22 @@ impl OutQueue {
         self.ready.notify_one();
     }
 
-    /// The next frame to write; `None` once closed and empty.
-    pub async fn pop(&self) -> Option<Vec<u8>> {
+    fn take_sealer(&self) -> Option<FrameSealer> {
+        self.state().sealer.take()
+    }
+
+    /// The next frame to write, control lane first; `None` once closed and empty.
+    pub async fn pop(&self) -> Option<Outbound> {
         loop {
             let notified = self.ready.notified();
             {
                 let mut state = self.state();
-                if let Some(frame) = state.frames.pop_front() {
-                    state.bytes -= frame.len();
+                let next = match state.control.pop_front() {
+                    Some(frame) => Some(frame),
+                    None => state.bulk.pop_front(),
+                };
+                if let Some(frame) = next {
+                    state.bytes -= frame.size();
                     state.progress = std::time::Instant::now();
                     let room = state.bytes < self.low_water;
                     drop(state);
@@ -283,12 +352,27 @@ impl OutQueue {
 }
 
 /// Writes queued frames until the queue is closed and empty, then closes the socket.
+/// Plaintext frames are sealed here, in the order they are written.
 pub async fn run_writer(
     mut writer: FrameWriter,
     queue: std::sync::Arc<OutQueue>,
 ) -> Result<(), TransportError> {
+    let mut sealer: Option<FrameSealer> = None;
     while let Some(frame) = queue.pop().await {
-        if let Err(e) = writer.send(&frame).await {
+        let sent = match frame {
+            Outbound::Ready(frame) => writer.send(&frame).await,
+            Outbound::Plain { mut frame, len } => {
+                if sealer.is_none() {
+                    sealer = queue.take_sealer();
+                }
+                match sealer.as_mut().map(|s| s.seal_in_place(&mut frame, len)) {
+                    Some(Ok(total)) => writer.send(frame.get(..total).unwrap_or_default()).await,
+                    Some(Err(e)) => Err(TransportError::Io(io::Error::other(format!("cannot seal: {e}")))),
+                    None => Err(TransportError::Io(io::Error::other("no sealer for a plaintext frame"))),
+                }
+            }
+        };
+        if let Err(e) = sent {
             queue.close();
             return Err(e);
         }
@@ -301,14 +385,76 @@ pub async fn run_writer(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn frames_leave_in_the_order_they_were_sealed() {
-        let queue = OutQueue::new(1 << 20, 1 << 10);
-        for i in 0..5u8 {
-            queue.push(vec![i; 100]).unwrap();
+    fn first_byte(frame: Option<Outbound>) -> u8 {
+        match frame {
+            Some(Outbound::Ready(frame)) => frame[0],
+            Some(Outbound::Plain { frame, .. }) => frame[1],
+            None => panic!("queue ended"),
         }
-        for i in 0..5u8 {
-            assert_eq!(queue.pop().await.unwrap()[0], i);
+    }
+
+    fn plain(tag: u8) -> Outbound {
+        Outbound::Plain { frame: vec![0, tag, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], len: 1 }
+    }
+
+    #[tokio::test]
+    async fn each_lane_is_first_in_first_out_and_control_goes_first() {
+        let queue = OutQueue::new(1 << 20, 1 << 10);
+        for i in 0..3u8 {
+            queue.push_to(plain(10 + i), Lane::Bulk).unwrap();
+        }
+        queue.push(vec![1; 100]).unwrap();
+        queue.push_to(plain(2), Lane::Control).unwrap();
+        let mut popped = Vec::new();
+        for _ in 0..5 {
+            popped.push(first_byte(queue.pop().await));
+        }
+        assert_eq!(popped, [1, 2, 10, 11, 12]);
+    }
+
+    /// The ordering test of the server side: a chat frame queued behind file chunks
+    /// reaches the client before them, and every frame still opens, because the writer
+    /// seals in the order it writes.
+    #[tokio::test]
+    async fn a_chat_frame_queued_behind_chunks_is_written_first_and_everything_opens() {
+        use casataa_proto::aead::{Direction, FrameOpener};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_, write) = server.into_split();
+        let queue = std::sync::Arc::new(OutQueue::new(1 << 20, 1 << 10));
+        let key = [5u8; 16];
+        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        // Queue everything before the writer runs, so the order is decided by the lanes.
+        let chunk = |i: u8| {
+            let mut frame = vec![0u8; 1 + 1000 + 16];
+            frame[1..1001].fill(i);
+            Outbound::Plain { frame, len: 1000 }
+        };
+        for i in 0..4u8 {
+            queue.push_to(chunk(i), Lane::Bulk).unwrap();
+        }
+        let mut chat = vec![0u8; 1 + 5 + 16];
+        chat[1..6].copy_from_slice(b"hello");
+        queue.push_to(Outbound::Plain { frame: chat, len: 5 }, Lane::Control).unwrap();
+        queue.close();
+        run_writer(FrameWriter::Tcp(write), std::sync::Arc::clone(&queue)).await.unwrap();
+
+        let mut received = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut received).await.unwrap();
+        let mut opener = FrameOpener::new(&key, Direction::ServerToClient);
+        let mut plaintexts = Vec::new();
+        let mut rest = &received[..];
+        while let StreamItem::Frame { frame, consumed } = decode_stream(rest, 65_535).unwrap() {
+            let mut bytes = rest[frame].to_vec();
+            plaintexts.push(opener.open_in_place(&mut bytes).unwrap().to_vec());
+            rest = &rest[consumed..];
+        }
+        assert_eq!(plaintexts.len(), 5);
+        assert_eq!(plaintexts[0], b"hello");
+        for (i, chunk) in plaintexts[1..].iter().enumerate() {
+            assert_eq!(chunk, &vec![i as u8; 1000]);
         }
     }
 

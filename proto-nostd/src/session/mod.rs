@@ -156,19 +156,24 @@ fn seal_message<T: Serialize>(
     out: &mut [u8],
     peer_max: usize,
 ) -> Result<usize, SessionError> {
+    let plaintext_len = encode_message(message, out, peer_max)?;
+    let limit = out.len().min(peer_max);
+    let frame = out.get_mut(..limit).ok_or(SealError::BufferTooSmall)?;
+    Ok(sealer.seal_in_place(frame, plaintext_len)?)
+}
+
+/// Encodes `message` at `out[HEADER_LEN..]`, leaving room for the tag within
+/// `min(out.len(), peer_max)`, and returns the plaintext length.
+fn encode_message<T: Serialize>(message: &T, out: &mut [u8], peer_max: usize) -> Result<usize, SessionError> {
     let limit = out.len().min(peer_max);
     let limited_by_peer = limit < out.len();
     let body_end = limit.checked_sub(TAG_LEN).ok_or(SealError::BufferTooSmall)?;
     let body = out.get_mut(HEADER_LEN..body_end).ok_or(SealError::BufferTooSmall)?;
-    let plaintext_len = match postcard::to_slice(message, body) {
-        Ok(used) => used.len(),
-        Err(postcard::Error::SerializeBufferFull) if limited_by_peer => {
-            return Err(SessionError::Seal(SealError::TooLarge));
-        }
-        Err(_) => return Err(SessionError::Encode),
-    };
-    let frame = out.get_mut(..limit).ok_or(SealError::BufferTooSmall)?;
-    Ok(sealer.seal_in_place(frame, plaintext_len)?)
+    match postcard::to_slice(message, body) {
+        Ok(used) => Ok(used.len()),
+        Err(postcard::Error::SerializeBufferFull) if limited_by_peer => Err(SessionError::Seal(SealError::TooLarge)),
+        Err(_) => Err(SessionError::Encode),
+    }
 }
 
 /// Opens a sealed frame and decodes the message inside.

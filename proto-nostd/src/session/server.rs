@@ -19,7 +19,8 @@ use crate::handshake::{
 use crate::limits::{FRAME_MIN, HANDSHAKE_FRAME_MAX, PROTOCOL_VERSION};
 use crate::message::{ClientMessage, Login, ServerMessage};
 use crate::session::{
-    AuthFailure, SessionError, decode_handshake, encode_handshake, frame_limit, open_message, seal_message,
+    AuthFailure, SessionError, decode_handshake, encode_handshake, encode_message, frame_limit, open_message,
+    seal_message,
 };
 use crate::types::Name;
 
@@ -221,6 +222,27 @@ impl ServerSession {
         }
         let sealer = self.sealer.as_mut().ok_or(SessionError::NotEstablished)?;
         seal_message(sealer, message, out, self.client_max_frame)
+    }
+
+    /// Encodes a message for the client at `out[1..]` without sealing it, and returns
+    /// the plaintext length; `out` must have room for the header byte and the tag. For
+    /// a server that seals at write time with the sealer from [`Self::take_sealer`], so
+    /// that urgent frames can overtake bulk ones that are queued but not yet sealed.
+    pub fn encode(&self, message: &ServerMessage<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
+        if self.state != State::Established {
+            return Err(SessionError::NotEstablished);
+        }
+        encode_message(message, out, self.client_max_frame)
+    }
+
+    /// Hands the server-to-client sealer to the code that writes frames. Afterwards
+    /// [`Self::seal`] fails with [`SessionError::NotEstablished`]: frames must be
+    /// sealed in the order they are written, so only one place may seal.
+    pub fn take_sealer(&mut self) -> Option<FrameSealer> {
+        if self.state != State::Established {
+            return None;
+        }
+        self.sealer.take()
     }
 
     /// The user named in the hello (authenticated once [`Self::is_established`]).

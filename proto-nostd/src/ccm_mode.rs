@@ -1,0 +1,241 @@
+//! AES-128-CCM (RFC 3610, NIST SP 800-38C) for our one parameter set: a 13-byte nonce,
+//! a 16-byte tag, messages under 64 KiB.
+//!
+//! Why our own mode code instead of the `ccm` crate: that crate runs CTR and CBC-MAC as
+//! two passes of single-block calls, and each call goes through the `aes` crate's
+//! run-time CPU dispatch, so a default build (no `-C target-cpu`) reaches about a quarter
+//! of what the hardware does. Here one dispatch covers a whole frame: the closure below
+//! is monomorphised for, and inlined into, the backend the CPU supports (AES-NI, VAES, or
+//! the constant-time software fallback on the ESP32-C3), and the keystream is made a
+//! batch of blocks at a time while the CBC-MAC chain, which is serial by nature, runs
+//! beside it. The block cipher itself stays the audited `aes` crate; this file only
+//! arranges its calls, and `tests/aead_vectors.rs` checks it against published vectors,
+//! OpenSSL and the `ccm` crate.
+
+use aes::Aes128;
+use aes::cipher::array::Array;
+use aes::cipher::{
+    Block, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, KeyInit,
+    ParBlocks, ParBlocksSizeUser, consts::U16, typenum::Unsigned,
+};
+
+/// Nonce length: 13 bytes, which leaves L = 2 bytes for the message length.
+pub const CCM_NONCE_LEN: usize = 13;
+/// Tag length: the full 16 bytes.
+pub const CCM_TAG_LEN: usize = 16;
+/// The longest message L = 2 can describe.
+pub const CCM_MESSAGE_MAX: usize = 0xFFFF;
+/// The longest associated data this implementation accepts (the two-byte length form).
+pub const CCM_AAD_MAX: usize = 0xFEFF;
+
+const BLOCK: usize = 16;
+/// Flags of B0: Adata bit, (M - 2) / 2 = 7 in bits 3..5, L - 1 = 1 in bits 0..2.
+const B0_FLAGS_NO_AAD: u8 = (7 << 3) | 1;
+const B0_FLAGS_AAD: u8 = 0x40 | B0_FLAGS_NO_AAD;
+/// Flags of the counter blocks A_i: L - 1.
+const CTR_FLAGS: u8 = 1;
+
+/// Why a CCM operation was refused. Callers map it to their own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CcmError {
+    /// The message or associated data is longer than the parameters allow.
+    TooLong,
+    /// The tag does not match.
+    Forged,
+}
+
+/// An AES-128-CCM key with a 13-byte nonce and a 16-byte tag.
+#[derive(Clone)]
+pub struct Aes128Ccm16 {
+    cipher: Aes128,
+}
+
+impl core::fmt::Debug for Aes128Ccm16 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Never the key schedule.
+        f.debug_struct("Aes128Ccm16").finish_non_exhaustive()
+    }
+}
+
+impl Aes128Ccm16 {
+    /// Expands `key`.
+    pub fn new(key: &[u8; 16]) -> Self {
+        Self { cipher: Aes128::new(&Array::from(*key)) }
+    }
+
+    /// Encrypts `data` in place and returns the tag.
+    pub fn seal(
+        &self,
+        nonce: &[u8; CCM_NONCE_LEN],
+        aad: &[u8],
+        data: &mut [u8],
+    ) -> Result<[u8; CCM_TAG_LEN], CcmError> {
+        check_lengths(aad, data)?;
+        let mut job = Job { nonce, aad, data, direction: Pass::Seal, tag: [0; CCM_TAG_LEN] };
+        self.cipher.encrypt_with_backend(&mut job);
+        Ok(job.tag)
+    }
+
+    /// Decrypts `data` in place if `tag` authenticates it. On failure `data` is zeroed,
+    /// so unauthenticated plaintext never reaches the caller.
+    pub fn open(
+        &self,
+        nonce: &[u8; CCM_NONCE_LEN],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &[u8; CCM_TAG_LEN],
+    ) -> Result<(), CcmError> {
+        check_lengths(aad, data)?;
+        let mut job = Job { nonce, aad, data, direction: Pass::Open, tag: [0; CCM_TAG_LEN] };
+        self.cipher.encrypt_with_backend(&mut job);
+        if constant_time_eq(&job.tag, tag) {
+            Ok(())
+        } else {
+            job.data.fill(0);
+            Err(CcmError::Forged)
+        }
+    }
+}
+
+fn check_lengths(aad: &[u8], data: &[u8]) -> Result<(), CcmError> {
+    if data.len() > CCM_MESSAGE_MAX || aad.len() > CCM_AAD_MAX {
+        Err(CcmError::TooLong)
+    } else {
+        Ok(())
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about where the
+/// tags differ.
+fn constant_time_eq(a: &[u8; CCM_TAG_LEN], b: &[u8; CCM_TAG_LEN]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    core::hint::black_box(diff) == 0
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Seal,
+    Open,
+}
+
+/// One frame's work, run inside the backend closure.
+struct Job<'a> {
+    nonce: &'a [u8; CCM_NONCE_LEN],
+    aad: &'a [u8],
+    data: &'a mut [u8],
+    direction: Pass,
+    /// On return: the computed tag (CBC-MAC encrypted with S0).
+    tag: [u8; CCM_TAG_LEN],
+}
+
+impl BlockSizeUser for &mut Job<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherEncClosure for &mut Job<'_> {
+    // Inlined into the backend's `#[target_feature]` function so that the block calls
+    // inside it are inlined too.
+    #[inline(always)]
+    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
+        let mac = self.cbc_mac_header(backend);
+        let mac = self.crypt_and_mac(backend, mac);
+        let mut s0 = self.counter_block(0);
+        backend.encrypt_block_inplace(&mut s0);
+        for (t, (m, s)) in self.tag.iter_mut().zip(mac.iter().zip(s0.iter())) {
+            *t = m ^ s;
+        }
+    }
+}
+
+/// A block of the flags byte, the nonce and a two-byte big-endian number: both B0
+/// (with the message length) and the counter blocks A_i (with i) have this shape.
+#[inline(always)]
+fn nonce_block(flags: u8, nonce: &[u8; CCM_NONCE_LEN], number: u16) -> Block<Aes128> {
+    let [n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12] = *nonce;
+    let [hi, lo] = number.to_be_bytes();
+    Array([flags, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, hi, lo])
+}
+
+impl Job<'_> {
+    #[inline(always)]
+    fn counter_block(&self, index: u16) -> Block<Aes128> {
+        nonce_block(CTR_FLAGS, self.nonce, index)
+    }
+
+    /// CBC-MAC over B0 and the associated data.
+    #[inline(always)]
+    fn cbc_mac_header<B: BlockCipherEncBackend<BlockSize = U16>>(&self, backend: &B) -> Block<Aes128> {
+        let flags = if self.aad.is_empty() { B0_FLAGS_NO_AAD } else { B0_FLAGS_AAD };
+        // Lengths were checked to fit in 16 bits.
+        let mut mac = nonce_block(flags, self.nonce, self.data.len() as u16);
+        backend.encrypt_block_inplace(&mut mac);
+        if self.aad.is_empty() {
+            return mac;
+        }
+        // The associated data, prefixed with its two-byte length, zero-padded.
+        let aad_len = (self.aad.len() as u16).to_be_bytes();
+        let mut bytes = aad_len.into_iter().chain(self.aad.iter().copied()).peekable();
+        while bytes.peek().is_some() {
+            let mut block = [0u8; BLOCK];
+            // `zip` asks the block first, so no byte is taken and dropped.
+            for (slot, byte) in block.iter_mut().zip(&mut bytes) {
+                *slot = byte;
+            }
+            xor_into(&mut mac, &block);
+            backend.encrypt_block_inplace(&mut mac);
+        }
+        mac
+    }
+
+    /// CTR encryption or decryption of the data with counters from 1, and the CBC-MAC
+    /// over the plaintext, a batch of blocks at a time.
+    #[inline(always)]
+    fn crypt_and_mac<B: BlockCipherEncBackend<BlockSize = U16>>(
+        &mut self,
+        backend: &B,
+        mut mac: Block<Aes128>,
+    ) -> Block<Aes128> {
+        let batch_blocks = <B as ParBlocksSizeUser>::ParBlocksSize::USIZE;
+        let mut keystream = ParBlocks::<B>::default();
+        let mut counter: u16 = 1;
+        let direction = self.direction;
+        let nonce = self.nonce;
+        for batch in self.data.chunks_mut(batch_blocks * BLOCK) {
+            let blocks = batch.len().div_ceil(BLOCK);
+            for a in keystream.iter_mut().take(blocks) {
+                // At most 4,096 blocks in a message: no overflow.
+                *a = nonce_block(CTR_FLAGS, nonce, counter);
+                counter = counter.wrapping_add(1);
+            }
+            if blocks == batch_blocks {
+                backend.encrypt_par_blocks_inplace(&mut keystream);
+            } else if let Some(tail) = keystream.get_mut(..blocks) {
+                backend.encrypt_tail_blocks_inplace(tail);
+            }
+            for (chunk, stream) in batch.chunks_mut(BLOCK).zip(keystream.iter()) {
+                if direction == Pass::Seal {
+                    xor_into(&mut mac, chunk);
+                    for (byte, key) in chunk.iter_mut().zip(stream.iter()) {
+                        *byte ^= key;
+                    }
+                } else {
+                    for (byte, key) in chunk.iter_mut().zip(stream.iter()) {
+                        *byte ^= key;
+                    }
+                    xor_into(&mut mac, chunk);
+                }
+                backend.encrypt_block_inplace(&mut mac);
+            }
+        }
+        mac
+    }
+}
+
+/// XORs `bytes` (at most one block; a short final block is implicitly zero-padded)
+/// into `block`.
+#[inline(always)]
+fn xor_into(block: &mut Block<Aes128>, bytes: &[u8]) {
+    for (b, x) in block.iter_mut().zip(bytes) {
+        *b ^= x;
+    }
+}
