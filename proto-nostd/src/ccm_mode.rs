@@ -98,11 +98,7 @@ impl Aes128Ccm16 {
 }
 
 fn check_lengths(aad: &[u8], data: &[u8]) -> Result<(), CcmError> {
-    if data.len() > CCM_MESSAGE_MAX || aad.len() > CCM_AAD_MAX {
-        Err(CcmError::TooLong)
-    } else {
-        Ok(())
-    }
+    if data.len() > CCM_MESSAGE_MAX || aad.len() > CCM_AAD_MAX { Err(CcmError::TooLong) } else { Ok(()) }
 }
 
 /// Compares without an early exit, so the time taken says nothing about where the

@@ -171,7 +171,9 @@ fn encode_message<T: Serialize>(message: &T, out: &mut [u8], peer_max: usize) ->
     let body = out.get_mut(HEADER_LEN..body_end).ok_or(SealError::BufferTooSmall)?;
     match postcard::to_slice(message, body) {
         Ok(used) => Ok(used.len()),
-        Err(postcard::Error::SerializeBufferFull) if limited_by_peer => Err(SessionError::Seal(SealError::TooLarge)),
+        Err(postcard::Error::SerializeBufferFull) if limited_by_peer => {
+            Err(SessionError::Seal(SealError::TooLarge))
+        }
         Err(_) => Err(SessionError::Encode),
     }
 }
