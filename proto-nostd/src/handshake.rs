@@ -144,9 +144,65 @@ impl fmt::Debug for UserKey {
     }
 }
 
+/// A user-key derivation done a slice at a time, so that a single-threaded client (the
+/// browser page, a microcontroller) can show progress and stay responsive during the
+/// deliberately slow KDF. Same result as [`derive_user_key`]: PBKDF2 with a 32-byte
+/// output is one block, `U_1 = HMAC(P, salt ‖ 1)`, `U_i = HMAC(P, U_{i-1})`, and the
+/// key is the XOR of all `U_i`.
+#[derive(Clone)]
+pub struct KeyDerivation {
+    keyed: Hmac<Sha256>,
+    last: [u8; USER_KEY_LEN],
+    key: [u8; USER_KEY_LEN],
+    done: u32,
+    total: u32,
+}
+
+impl fmt::Debug for KeyDerivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyDerivation").field("done", &self.done).field("total", &self.total).finish()
+    }
+}
+
+impl KeyDerivation {
+    /// Starts deriving the key of `passphrase` with `params` (the first iteration runs
+    /// here).
+    pub fn new(passphrase: &str, params: &KdfParams) -> Self {
+        let KdfAlgorithm::Pbkdf2Sha256 = params.algorithm;
+        // HMAC takes keys of any length.
+        let keyed = <Hmac<Sha256> as KeyInit>::new_from_slice(passphrase.as_bytes())
+            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+        let mut first = keyed.clone();
+        first.update(&params.salt);
+        first.update(&1u32.to_be_bytes());
+        let last: [u8; USER_KEY_LEN] = first.finalize().into_bytes().into();
+        Self { keyed, last, key: last, done: 1, total: params.iterations.max(1) }
+    }
+
+    /// Runs up to `iterations` more iterations; returns the key once all are done.
+    pub fn step(&mut self, iterations: u32) -> Option<UserKey> {
+        let until = self.done.saturating_add(iterations).min(self.total);
+        while self.done < until {
+            let mut mac = self.keyed.clone();
+            mac.update(&self.last);
+            self.last = mac.finalize().into_bytes().into();
+            for (k, u) in self.key.iter_mut().zip(self.last.iter()) {
+                *k ^= u;
+            }
+            self.done += 1;
+        }
+        (self.done >= self.total).then_some(UserKey(self.key))
+    }
+
+    /// Iterations done and in total.
+    pub fn progress(&self) -> (u32, u32) {
+        (self.done, self.total)
+    }
+}
+
 /// Derives a user key: PBKDF2-HMAC-SHA256(passphrase as UTF-8, salt, iterations, 32).
 ///
-/// This is deliberately slow; browsers run it off the main thread.
+/// This is deliberately slow; single-threaded clients use [`KeyDerivation`] instead.
 pub fn derive_user_key(passphrase: &str, params: &KdfParams) -> UserKey {
     let mut key = [0u8; USER_KEY_LEN];
     match params.algorithm {

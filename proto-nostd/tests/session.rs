@@ -470,3 +470,26 @@ fn after_a_reconnect_only_deliveries_beyond_the_servers_cursor_are_acknowledged(
         assert_eq!(acks, expected_acks, "welcome cursor {cursor}: {:?}", link.events);
     }
 }
+
+#[test]
+fn the_key_derived_in_slices_equals_pbkdf2() {
+    use casataa_proto::handshake::KeyDerivation;
+    for iterations in [1u32, 2, 1_000, 10_000] {
+        let params = KdfParams { iterations, ..kdf() };
+        let expected = derive_user_key("alice's passphrase", &params);
+        for slice in [1u32, 7, 4_096, u32::MAX] {
+            let mut derivation = KeyDerivation::new("alice's passphrase", &params);
+            let mut steps = 0;
+            let key = loop {
+                if let Some(key) = derivation.step(slice) {
+                    break key;
+                }
+                steps += 1;
+                let (done, total) = derivation.progress();
+                assert!(done < total && done > 0);
+            };
+            assert_eq!(key.0, expected.0, "{iterations} iterations in slices of {slice}");
+            assert_eq!(steps, (iterations - 1).div_ceil(slice).saturating_sub(1), "{iterations}/{slice}");
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //! - [`files`]: file bytes on disk (partial uploads, content-addressed store) and the
 //!   per-session transfer state.
 //! - [`server`]: listeners, the HTTP routes, graceful shutdown.
+//! - [`web`]: the browser client, embedded at build time and served at `/`.
 //! - [`settings`]: configuration from defaults, file, environment and command line.
 
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod transport;
+pub mod web;
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_millis() -> u64 {

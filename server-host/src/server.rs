@@ -213,11 +213,6 @@ fn spawn_session(
     }
 }
 
-const NO_CLIENT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Casataa</title>\
-<h1>Casataa</h1><p>This server was built without the web client. Build it with \
-<code>cargo xtask web</code> (or start everything with <code>cargo xtask run</code>).</p>\
-<p>Devices and the <code>casataa</code> command-line client connect to the TCP port.</p>";
-
 fn routes(
     context: Context,
     limit: Arc<Semaphore>,
@@ -235,8 +230,12 @@ fn routes(
             })
         },
     );
-    let index = warp::path::end().and(warp::get()).map(|| warp::reply::html(NO_CLIENT_PAGE));
-    ws.or(index).recover(|_rejection: warp::Rejection| async {
+    let index = warp::path::end().and(warp::get()).map(|| crate::web::asset(""));
+    let asset = warp::path::param::<String>()
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|name: String| crate::web::asset(&name));
+    ws.or(index).or(asset).recover(|_rejection: warp::Rejection| async {
         Ok::<_, std::convert::Infallible>(warp::reply::with_status(
             "not found\n",
             warp::http::StatusCode::NOT_FOUND,

@@ -1,4 +1,5 @@
-//! `cargo xtask`: the project's automation, as one dependency-free binary.
+//! `cargo xtask`: the project's automation, as one binary (its one dependency is the
+//! wasm-bindgen step of the web build).
 //!
 //! - `cargo xtask test`: everything CI checks — formatting, clippy with warnings as
 //!   errors, every test, the protocol crate's no_std builds for the ESP32-C3 and the
@@ -6,7 +7,9 @@
 //!   components, cargo-fuzz) on a fresh machine.
 //! - `cargo xtask fuzz [--secs N] [TARGET...]`: runs the cargo-fuzz targets.
 //! - `cargo xtask bench [proto|load]`: the criterion benchmarks and the load generator.
-//! - `cargo xtask run`: builds and starts the server.
+//! - `cargo xtask web`: builds the browser client into `web-wasm/dist/`, which the
+//!   server embeds.
+//! - `cargo xtask run`: builds the client and the server and starts the server.
 
 use std::env;
 use std::ffi::OsStr;
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         Some("fuzz") => parse_fuzz_args(&args[1..]).and_then(|(secs, targets)| fuzz(secs, &targets)),
         Some("bench") => bench(&args[1..]),
         Some("run") => run_server(&args[1..]),
+        Some("web") => web(),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -53,7 +57,8 @@ Commands:
   test                  formatting, clippy -D warnings, all tests, no_std builds, short fuzz pass
   fuzz [--secs N] [T..] run the fuzz targets (default: all, 60 s each)
   bench [proto|load|files]  criterion benchmarks; load test of a real server; file transfer rates
-  run [ARGS..]          build and start the server (ARGS go to `casataa-server serve`)"
+  web                   build the browser client into web-wasm/dist/ (the server embeds it)
+  run [ARGS..]          build the client and the server, start the server (ARGS go to `casataa-server serve`)"
     );
 }
 
@@ -134,6 +139,9 @@ fn test() -> Result {
         run(&cargo, ["build", "--package", "casataa-proto", "--target", target])?;
         run(&cargo, ["clippy", "--package", "casataa-proto", "--target", target, "--", "-D", "warnings"])?;
     }
+    // The server embeds the browser client, and its browser tests drive it.
+    web()?;
+    ensure_browser()?;
     // Tests run the binaries of other packages (the server's tests drive the `casataa`
     // client as a process): build them all first, so no test sees a stale binary.
     run(&cargo, ["build", "--workspace", "--bins"])?;
@@ -291,9 +299,12 @@ fn bench(args: &[String]) -> Result {
     Ok(())
 }
 
-/// `cargo xtask run [ARGS..]`: builds the server and the command-line client in release
-/// mode and starts the server (`serve ARGS`) with the data in `./casataa-data`.
+/// `cargo xtask run [ARGS..]`: builds the browser client, then the server (which embeds
+/// it) and the command-line client in release mode, and starts the server
+/// (`serve ARGS`) with the data in `./casataa-data`.
 fn run_server(args: &[String]) -> Result {
+    ensure_toolchain()?;
+    web()?;
     run(&cargo(), ["build", "--release", "--package", "casataa-server", "--package", "casataa-cli"])?;
     let target_dir =
         env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from);
@@ -302,6 +313,139 @@ fn run_server(args: &[String]) -> Result {
     server_args.extend(args.iter().cloned());
     eprintln!("\nxtask: the command-line client is {}", target_dir.join("release").join("casataa").display());
     run(&server.to_string_lossy(), &server_args)
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from)
+}
+
+/// `cargo xtask web`: compiles `casataa-web` for `wasm32-unknown-unknown` (size-optimised
+/// profile `wasm-release`), runs the wasm-bindgen step, optimises further with
+/// `wasm-opt` when it can be had (the npm package `binaryen`: Debian's is too old for
+/// this wasm-bindgen's output), and writes the page into `web-wasm/dist/`.
+fn web() -> Result {
+    let root = project_root();
+    run(
+        &cargo(),
+        [
+            "build",
+            "--package",
+            "casataa-web",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "wasm-release",
+        ],
+    )?;
+    let input = target_dir().join("wasm32-unknown-unknown").join("wasm-release").join("casataa_web.wasm");
+    let dist = root.join("web-wasm").join("dist");
+    // Built next to the final place, then swapped in, so the server never embeds half
+    // a client.
+    let staging = target_dir().join("web-dist");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    eprintln!("\n$ wasm-bindgen --target web {}", input.display());
+    wasm_bindgen_cli_support::Bindgen::new()
+        .input_path(&input)
+        .web(true)
+        .map_err(|e| format!("wasm-bindgen: {e}"))?
+        .typescript(false)
+        // The library's default differs from the command line's: keep the module path
+        // the generated loader uses when none is given.
+        .omit_default_module_path(false)
+        .generate(&staging)
+        .map_err(|e| format!("wasm-bindgen: {e}"))?;
+    let wasm = staging.join("casataa_web_bg.wasm");
+    match wasm_opt() {
+        Some(wasm_opt) => {
+            let path = wasm.to_string_lossy().into_owned();
+            // The features rustc's wasm32 target emits by default.
+            let features = [
+                "--enable-bulk-memory",
+                "--enable-nontrapping-float-to-int",
+                "--enable-sign-ext",
+                "--enable-mutable-globals",
+                "--enable-reference-types",
+                "--enable-multivalue",
+            ];
+            run(&wasm_opt, ["-Oz"].iter().chain(&features).chain(&[path.as_str(), "-o", path.as_str()]))?;
+        }
+        None => eprintln!(
+            "xtask: wasm-opt not available (npm missing or offline); the client is built without it"
+        ),
+    }
+    let statics = root.join("web-wasm").join("static");
+    let entries =
+        std::fs::read_dir(&statics).map_err(|e| format!("cannot read {}: {e}", statics.display()))?;
+    for entry in entries.map_while(std::result::Result::ok) {
+        let to = staging.join(entry.file_name());
+        std::fs::copy(entry.path(), &to).map_err(|e| format!("cannot copy to {}: {e}", to.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&dist);
+    copy_dir(&staging, &dist)?;
+    let size = std::fs::metadata(dist.join("casataa_web_bg.wasm")).map(|m| m.len()).unwrap_or(0);
+    let gzipped = Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(dist.join("casataa_web_bg.wasm"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| o.stdout.len() as u64);
+    eprintln!(
+        "xtask: web client in {}: WASM {} KiB{}",
+        dist.display(),
+        size / 1024,
+        gzipped.map(|g| format!(", {} KiB gzipped", g / 1024)).unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result {
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    for entry in entries.map_while(std::result::Result::ok) {
+        let target = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &target)
+            .map_err(|e| format!("cannot copy to {}: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// The npm package `binaryen`'s `wasm-opt`, installed once under the target directory;
+/// `None` when npm is missing or the registry cannot be reached.
+fn wasm_opt() -> Option<String> {
+    const BINARYEN: &str = "binaryen@132.0.0";
+    let prefix = target_dir().join("npm");
+    let bin = prefix.join("node_modules").join(".bin").join("wasm-opt");
+    if !bin.exists() {
+        output("npm", &["--version"])?;
+        let prefix = prefix.to_string_lossy().into_owned();
+        run("npm", ["install", "--no-audit", "--no-fund", "--prefix", &prefix, BINARYEN]).ok()?;
+    }
+    bin.exists().then(|| bin.to_string_lossy().into_owned())
+}
+
+/// Chromium and ChromeDriver from Debian, for the browser tests: installed when missing
+/// and running as root; otherwise the one command that installs them.
+fn ensure_browser() -> Result {
+    let have = |program: &str| output(program, &["--version"]).is_some();
+    if have("chromedriver") && (have("chromium") || have("chromium-browser")) {
+        return Ok(());
+    }
+    const INSTALL: &str = "apt-get install -y chromium chromium-driver";
+    let root = output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0");
+    if !root {
+        return Err(format!(
+            "the browser tests need Chromium and ChromeDriver; install them with: sudo {INSTALL}"
+        ));
+    }
+    run("apt-get", ["update"])?;
+    run_in(
+        &project_root(),
+        "apt-get",
+        ["install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,307 @@
+//! End to end in a real browser: Debian's headless Chromium, driven through
+//! ChromeDriver over WebDriver, against a real server serving the embedded WASM client
+//! (`cargo xtask web` builds it; `cargo xtask test` does that first and installs
+//! Chromium and ChromeDriver when they are missing).
+//!
+//! Every test saves a screenshot of each of its browsers when it fails, under
+//! `$CARGO_TARGET_DIR/browser-screenshots/` (or the system temporary directory).
+
+mod common;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use fantoccini::{Client, ClientBuilder, Locator};
+
+/// How long anything may take to show up in a page.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Users' passphrases.
+const ALICE: &str = "alice passphrase in the browser";
+const BOB: &str = "bob passphrase in the browser";
+const ROOT: &str = "root passphrase in the browser";
+
+type Outcome<T = ()> = Result<T, String>;
+
+/// A ChromeDriver on a free loopback port, stopped when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver is needed for the browser tests: `cargo xtask test` installs it, \
+                 or run `sudo apt-get install -y chromium chromium-driver`",
+            );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// A new headless browser with its own profile.
+    async fn browser(&self) -> Client {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1200,900",
+                ],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a browser session from chromedriver")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+        .join("browser-screenshots")
+}
+
+/// Runs `test` with `count` browsers; on failure saves a screenshot of each and fails
+/// with the error. The browsers are closed either way.
+async fn with_browsers<F, Fut>(name: &str, count: usize, test: F)
+where
+    F: FnOnce(Vec<Client>) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let driver = Driver::start();
+    let mut browsers = Vec::new();
+    for _ in 0..count {
+        browsers.push(driver.browser().await);
+    }
+    let outcome = test(browsers.clone()).await;
+    if let Err(error) = &outcome {
+        let dir = screenshot_dir();
+        let _ = std::fs::create_dir_all(&dir);
+        for (i, browser) in browsers.iter().enumerate() {
+            if let Ok(png) = browser.screenshot().await {
+                let path = dir.join(format!("{name}-{i}.png"));
+                let _ = std::fs::write(&path, png);
+                eprintln!("screenshot: {}", path.display());
+            }
+        }
+        for browser in browsers {
+            let _ = browser.close().await;
+        }
+        panic!("{name}: {error}");
+    }
+    for browser in browsers {
+        let _ = browser.close().await;
+    }
+}
+
+fn err(what: &str) -> impl Fn(fantoccini::error::CmdError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+async fn find(browser: &Client, css: &str) -> Outcome<fantoccini::elements::Element> {
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(css))
+        .await
+        .map_err(|e| format!("waiting for `{css}`: {e}"))
+}
+
+/// Waits until the text of the element `css` satisfies `check`; returns it.
+async fn wait_text(browser: &Client, css: &str, check: impl Fn(&str) -> bool) -> Outcome<String> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(element) = browser.find(Locator::Css(css)).await {
+            last = element.text().await.unwrap_or_default();
+            if check(&last) {
+                return Ok(last);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("`{css}` never matched; last text: {last:?}"))
+}
+
+/// Opens the page and logs in; returns once the chat shows "Connected" (or, with
+/// `expect_refusal`, once the login error shows) and the time each step took.
+async fn log_in(browser: &Client, url: &str, user: &str, passphrase: &str) -> Outcome<(Duration, Duration)> {
+    let started = Instant::now();
+    browser.goto(url).await.map_err(err("opening the page"))?;
+    let user_field = find(browser, "#login-user").await?;
+    let to_form = started.elapsed();
+    user_field.send_keys(user).await.map_err(err("typing the user name"))?;
+    find(browser, "#login-pass").await?.send_keys(passphrase).await.map_err(err("typing the passphrase"))?;
+    let submitted = Instant::now();
+    find(browser, "#login-submit").await?.click().await.map_err(err("clicking log in"))?;
+    wait_text(browser, "#conn-state", |t| t == "Connected").await?;
+    Ok((to_form, submitted.elapsed()))
+}
+
+async fn send(browser: &Client, text: &str) -> Outcome {
+    let draft = find(browser, "#draft").await?;
+    draft.send_keys(text).await.map_err(err("typing a message"))?;
+    find(browser, "#send").await?.click().await.map_err(err("clicking send"))
+}
+
+/// Waits for a stored line whose text contains `text` in the shown conversation.
+async fn wait_for_line(browser: &Client, text: &str) -> Outcome {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        let lines = browser.find_all(Locator::Css("#messages li.msg.stored")).await.unwrap_or_default();
+        for line in lines {
+            if line.text().await.unwrap_or_default().contains(text) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown = browser
+        .find(Locator::Css("#messages"))
+        .await
+        .map_err(err("the message list"))?
+        .text()
+        .await
+        .unwrap_or_default();
+    Err(format!("no stored line with {text:?}; the list shows {shown:?}"))
+}
+
+async fn click(browser: &Client, css: &str) -> Outcome {
+    find(browser, css).await?.click().await.map_err(|e| format!("clicking `{css}`: {e}"))
+}
+
+fn server() -> TestServer {
+    // The default key derivation, as users get it: the login time below is real.
+    TestServer::start_with(
+        &[("alice", ALICE, false), ("bob", BOB, false), ("root", ROOT, true)],
+        "kdf_iterations = 100000",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browser_users_chat_and_a_wrong_passphrase_is_refused() {
+    let server = server();
+    let url = format!("http://{}/", server.http);
+    with_browsers("chat", 3, |browsers| async move {
+        let [alice, bob, intruder] = &browsers[..] else { unreachable!() };
+        let (to_form, to_chat) = log_in(alice, &url, "alice", ALICE).await?;
+        eprintln!(
+            "figures: page load to login form {} ms; login to chat {} ms",
+            to_form.as_millis(),
+            to_chat.as_millis()
+        );
+        log_in(bob, &url, "bob", BOB).await?;
+
+        send(alice, "hello from alice <b>not bold</b> https://example.org/x").await?;
+        wait_for_line(alice, "hello from alice").await?;
+        wait_for_line(bob, "hello from alice").await?;
+        // Text stays text; the link is a link.
+        let bold = bob.find_all(Locator::Css("#messages b")).await.map_err(err("looking for <b>"))?;
+        if !bold.is_empty() {
+            return Err("a <b> from a message became markup".into());
+        }
+        let link = find(bob, "#messages a[href='https://example.org/x']").await?;
+        if link.attr("rel").await.map_err(err("rel"))?.as_deref() != Some("noopener noreferrer") {
+            return Err("the link lacks rel=noopener".into());
+        }
+        send(bob, "hi alice, bob here").await?;
+        wait_for_line(alice, "hi alice, bob here").await?;
+        // Both see each other online.
+        find(alice, "#online li.user[data-user='bob']").await?;
+        find(bob, "#online li.user[data-user='alice']").await?;
+
+        // A wrong passphrase: a clear message, and no chat.
+        intruder.goto(&url).await.map_err(err("opening the page"))?;
+        find(intruder, "#login-user").await?.send_keys("alice").await.map_err(err("typing"))?;
+        find(intruder, "#login-pass")
+            .await?
+            .send_keys("not alice's passphrase")
+            .await
+            .map_err(err("typing"))?;
+        click(intruder, "#login-submit").await?;
+        wait_text(intruder, "#login-error", |t| t.contains("Wrong user name or passphrase")).await?;
+        if intruder.find(Locator::Css("#messages")).await.is_ok() {
+            return Err("a wrong passphrase reached the chat".into());
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_to_an_offline_user_appears_after_they_log_in() {
+    let server = server();
+    let url = format!("http://{}/", server.http);
+    with_browsers("offline", 2, |browsers| async move {
+        let [alice, bob] = &browsers[..] else { unreachable!() };
+        log_in(alice, &url, "alice", ALICE).await?;
+        find(alice, "#new-direct-name").await?.send_keys("bob").await.map_err(err("typing"))?;
+        click(alice, "#new-direct button").await?;
+        wait_text(alice, "#conv-title", |t| t == "@bob").await?;
+        send(alice, "are you there, bob?").await?;
+        wait_for_line(alice, "are you there, bob?").await?;
+
+        log_in(bob, &url, "bob", BOB).await?;
+        // The conversation shows up with an unread mark; opening it shows the message.
+        wait_text(bob, "#directs li.conv[data-key='@alice'] .unread", |t| t == "1").await?;
+        click(bob, "#directs li.conv[data-key='@alice']").await?;
+        wait_for_line(bob, "are you there, bob?").await?;
+        if bob.find(Locator::Css("#directs li.conv[data-key='@alice'] .unread")).await.is_ok() {
+            return Err("the unread mark stayed after opening the conversation".into());
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_served_with_a_strict_content_security_policy() {
+    let server = server();
+    let url = format!("http://{}/", server.http);
+    with_browsers("csp", 1, |browsers| async move {
+        let [browser] = &browsers[..] else { unreachable!() };
+        browser.goto(&url).await.map_err(err("opening the page"))?;
+        find(browser, "#login-form").await?;
+        // An inline script is refused by the policy, so injected markup could not run.
+        let ran = browser
+            .execute(
+                "const s = document.createElement('script'); s.textContent = 'window.__ran = true'; \
+                 document.body.appendChild(s); return window.__ran === true;",
+                vec![],
+            )
+            .await
+            .map_err(err("running the probe"))?;
+        if ran != serde_json::Value::Bool(false) {
+            return Err(format!("an inline script ran: {ran}"));
+        }
+        Ok(())
+    })
+    .await;
+}

@@ -1,0 +1,640 @@
+//! The page: a login form, then the chat (conversations and people on the left, the
+//! conversation on the right). Every string from the network is rendered as text by
+//! Yew, never as HTML; links become `<a>` elements built here.
+//!
+//! Element ids and classes are part of the end-to-end tests (`tests/browser.rs` in the
+//! server crate): change them together.
+
+use casataa_proto::limits::BODY_MAX;
+use casataa_proto::message::{ClientMessage, HistoryRequest, ServerMessage};
+use casataa_proto::types::{ClientKind, DeviceId, Name, Target};
+use wasm_bindgen::JsCast;
+use web_sys::{HtmlElement, HtmlInputElement};
+use yew::prelude::*;
+
+use crate::link::{Link, LinkEvent, LinkState, now_millis, random_bytes};
+use crate::state::{ChatState, LineBody, conversation_of, human_size, linkify};
+
+/// How long a typing indicator stays without news.
+const TYPING_SHOWN_MS: u64 = 5_000;
+/// At most one typing notice per this many milliseconds.
+const TYPING_EVERY_MS: u64 = 3_000;
+/// Messages per history page.
+const HISTORY_PAGE: u16 = 50;
+
+/// What the page can be told.
+#[derive(Debug)]
+pub enum Msg {
+    /// The user name field changed.
+    User(String),
+    /// The passphrase field changed.
+    Passphrase(String),
+    /// The login form was submitted.
+    Login,
+    /// News from the connection.
+    Link(LinkEvent),
+    /// A conversation was picked.
+    Select(String),
+    /// The message field changed.
+    Draft(String),
+    /// Send the draft.
+    Send,
+    /// Load older messages of the shown conversation.
+    Older,
+    /// Join a listed room.
+    Join(String),
+    /// The new-room field changed.
+    NewRoom(String),
+    /// Create (and join) the room in the new-room field.
+    CreateRoom,
+    /// Start a direct conversation with a user.
+    Direct(String),
+    /// The "message a user" field changed.
+    NewDirect(String),
+    /// Start a direct conversation with the user in that field.
+    OpenDirect,
+    /// Once a second: expire typing indicators.
+    Tick,
+    /// Log out.
+    Logout,
+}
+
+enum Screen {
+    Login { busy: bool, error: Option<String> },
+    Chat,
+}
+
+/// The whole page.
+pub struct App {
+    screen: Screen,
+    user: String,
+    passphrase: String,
+    link: Option<Link>,
+    state: LinkState,
+    chat: ChatState,
+    draft: String,
+    new_room: String,
+    new_direct: String,
+    notice: Option<String>,
+    last_typing_sent: u64,
+    messages_ref: NodeRef,
+    stick_to_bottom: bool,
+    _ticker: Option<wasm_bindgen::closure::Closure<dyn FnMut()>>,
+}
+
+fn storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.local_storage().ok()?
+}
+
+/// This browser's device id for `user`, created and kept in local storage on first use,
+/// so the server keeps one delivery cursor for it.
+fn device_id(user: &str) -> DeviceId {
+    let key = format!("casataa.device.{user}");
+    let stored = storage().and_then(|s| s.get_item(&key).ok().flatten());
+    if let Some(hex) = stored
+        && hex.len() == 32
+    {
+        let mut device = [0u8; 16];
+        let parsed = device.iter_mut().enumerate().all(|(i, byte)| {
+            hex.get(i * 2..i * 2 + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .map(|b| *byte = b)
+                .is_some()
+        });
+        if parsed {
+            return device;
+        }
+    }
+    let device: DeviceId = random_bytes();
+    let hex: String = device.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(storage) = storage() {
+        let _ = storage.set_item(&key, &hex);
+    }
+    device
+}
+
+/// `ws://host/ws` or `wss://host/ws`, whichever matches how the page was loaded.
+fn socket_url() -> String {
+    let location = web_sys::window().map(|w| w.location());
+    let secure = location.as_ref().and_then(|l| l.protocol().ok()).is_some_and(|p| p == "https:");
+    let host = location.and_then(|l| l.host().ok()).unwrap_or_else(|| "localhost".into());
+    format!("{}://{host}/ws", if secure { "wss" } else { "ws" })
+}
+
+fn target_of(key: &str) -> Option<Target> {
+    let name = Name::new(key.get(1..)?).ok()?;
+    match key.as_bytes().first()? {
+        b'#' => Some(Target::Room(name)),
+        b'@' => Some(Target::User(name)),
+        _ => None,
+    }
+}
+
+fn clock(millis: u64) -> String {
+    let date = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(millis as f64));
+    format!("{:02}:{:02}", date.get_hours(), date.get_minutes())
+}
+
+fn kind_label(kind: ClientKind) -> &'static str {
+    match kind {
+        ClientKind::Browser => "browser",
+        ClientKind::Terminal => "terminal",
+        ClientKind::Cli => "command line",
+        _ => "other",
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("user", &self.user).field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    fn request_history(&mut self, key: &str) {
+        let Some(target) = target_of(key) else { return };
+        let Some(link) = self.link.clone() else { return };
+        let conversation = self.chat.conversation(key);
+        if conversation.loading || !conversation.more_history {
+            return;
+        }
+        let before = conversation.oldest();
+        if link
+            .request(&ClientMessage::History(HistoryRequest { target, before, limit: HISTORY_PAGE }))
+            .is_ok()
+        {
+            self.chat.conversation(key).loading = true;
+        }
+    }
+
+    fn on_welcome(&mut self) {
+        if let Some(link) = &self.link {
+            let _ = link.request(&ClientMessage::ListRooms);
+            let _ = link.request(&ClientMessage::ListOnline);
+        }
+        for conversation in self.chat.conversations.values_mut() {
+            conversation.loading = false;
+        }
+        let selected = self.chat.selected.clone();
+        if self.chat.conversation(&selected).lines.is_empty() {
+            self.request_history(&selected);
+        }
+    }
+
+    fn on_message(&mut self, message: ServerMessage<'static>) -> bool {
+        match message {
+            ServerMessage::Welcome(_) => self.on_welcome(),
+            ServerMessage::Stored { client_id, seq, at } => self.chat.stored(client_id, seq, at),
+            ServerMessage::Deliver(message) => {
+                self.chat.receive(&message, true);
+            }
+            ServerMessage::HistoryItem(message) => {
+                self.chat.receive(&message, false);
+            }
+            ServerMessage::HistoryEnd { target, more } => {
+                let key = conversation_of(&self.chat.me, &self.chat.me.clone(), &target);
+                self.chat.history_end(&key, more);
+            }
+            ServerMessage::RoomList { rooms, .. } => {
+                for room in &rooms {
+                    self.chat.room(room.name.as_str(), room.members, room.joined);
+                }
+            }
+            ServerMessage::RoomJoined { room } => {
+                let members = self.chat.rooms.get(room.as_str()).map_or(1, |r| r.members + 1);
+                self.chat.room(room.as_str(), members, true);
+                let key = format!("#{room}");
+                self.chat.select(&key);
+                self.request_history(&key);
+            }
+            ServerMessage::RoomLeft { room } => {
+                let members = self.chat.rooms.get(room.as_str()).map_or(0, |r| r.members.saturating_sub(1));
+                self.chat.room(room.as_str(), members, false);
+            }
+            ServerMessage::Online { users, .. } => {
+                for presence in &users {
+                    self.chat.presence(presence.user.as_str(), presence.online, presence.kind);
+                }
+            }
+            ServerMessage::Presence(presence) => {
+                self.chat.presence(presence.user.as_str(), presence.online, presence.kind);
+            }
+            ServerMessage::Typing { from, to } => {
+                self.chat.typing(from.as_str(), &to, now_millis() + TYPING_SHOWN_MS);
+            }
+            ServerMessage::Error(report) => {
+                self.notice = Some(format!("The server said: {}", report.detail));
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn send_draft(&mut self) {
+        let text = self.draft.trim().to_string();
+        if text.is_empty() {
+            return;
+        }
+        if text.len() > BODY_MAX {
+            self.notice = Some(format!("A message holds at most {BODY_MAX} bytes."));
+            return;
+        }
+        let key = self.chat.selected.clone();
+        let (Some(link), Some(target)) = (self.link.clone(), target_of(&key)) else { return };
+        match link.send_text(target, &text) {
+            Ok(id) => {
+                self.chat.add_pending(&key, id, &text, now_millis());
+                self.draft.clear();
+                self.stick_to_bottom = true;
+                self.notice = None;
+            }
+            Err(e) => self.notice = Some(format!("Not sent: {e}.")),
+        }
+    }
+
+    fn view_login(&self, ctx: &Context<Self>, busy: bool, error: Option<&String>) -> Html {
+        let link = ctx.link();
+        let progress = match &self.state {
+            LinkState::Deriving { done, total } if busy => {
+                let percent = u64::from(*done) * 100 / u64::from((*total).max(1));
+                html! {
+                    <div id="login-progress">
+                        <progress max="100" value={percent.to_string()}></progress>
+                        <span>{ format!("Unlocking your key… {percent}%") }</span>
+                    </div>
+                }
+            }
+            _ if busy => html! { <div id="login-progress"><span>{ "Connecting…" }</span></div> },
+            _ => html! {},
+        };
+        html! {
+            <main class="login">
+                <form id="login-form" onsubmit={link.callback(|e: SubmitEvent| { e.prevent_default(); Msg::Login })}>
+                    <h1>{ "Casataa" }</h1>
+                    <label for="login-user">{ "User name" }</label>
+                    <input id="login-user" autocomplete="username" autocapitalize="none" value={self.user.clone()}
+                        disabled={busy}
+                        oninput={link.callback(|e: InputEvent| Msg::User(e.target_unchecked_into::<HtmlInputElement>().value()))} />
+                    <label for="login-pass">{ "Passphrase" }</label>
+                    <input id="login-pass" type="password" autocomplete="current-password" value={self.passphrase.clone()}
+                        disabled={busy}
+                        oninput={link.callback(|e: InputEvent| Msg::Passphrase(e.target_unchecked_into::<HtmlInputElement>().value()))} />
+                    <button id="login-submit" type="submit" disabled={busy}>{ "Log in" }</button>
+                    { progress }
+                    if let Some(error) = error {
+                        <p id="login-error" class="error" role="alert">{ error.clone() }</p>
+                    }
+                </form>
+            </main>
+        }
+    }
+
+    fn view_sidebar(&self, ctx: &Context<Self>) -> Html {
+        let link = ctx.link();
+        let conversation_item = |key: &String| {
+            let conversation = &self.chat.conversations[key];
+            let selected = *key == self.chat.selected;
+            let select = key.clone();
+            html! {
+                <li class={classes!("conv", selected.then_some("selected"))} data-key={key.clone()}
+                    onclick={link.callback(move |_| Msg::Select(select.clone()))}>
+                    <span class="name">{ key.clone() }</span>
+                    if conversation.unread > 0 {
+                        <span class="unread">{ conversation.unread }</span>
+                    }
+                </li>
+            }
+        };
+        let (rooms, directs): (Vec<&String>, Vec<&String>) =
+            self.chat.conversations.keys().partition(|k| k.starts_with('#'));
+        let joinable = self.chat.rooms.iter().filter(|(_, r)| !r.joined).map(|(name, room)| {
+            let join = name.clone();
+            html! {
+                <li class="room" data-room={name.clone()}>
+                    <span>{ format!("#{name} ({})", room.members) }</span>
+                    <button class="join" onclick={link.callback(move |_| Msg::Join(join.clone()))}>{ "Join" }</button>
+                </li>
+            }
+        });
+        let online = self.chat.online.iter().map(|(user, kind)| {
+            let direct = user.clone();
+            let me = *user == self.chat.me;
+            html! {
+                <li class="user" data-user={user.clone()}>
+                    <span class="dot"></span>
+                    if me {
+                        <span>{ format!("{user} (you)") }</span>
+                    } else {
+                        <button class="direct" title="Send a direct message"
+                            onclick={link.callback(move |_| Msg::Direct(direct.clone()))}>{ user.clone() }</button>
+                    }
+                    <span class="kind">{ kind_label(*kind) }</span>
+                </li>
+            }
+        });
+        html! {
+            <nav class="sidebar">
+                <h2>{ "Rooms" }</h2>
+                <ul id="conversations">{ for rooms.into_iter().map(conversation_item) }</ul>
+                <h2>{ "Direct messages" }</h2>
+                <ul id="directs">{ for directs.into_iter().map(conversation_item) }</ul>
+                <ul id="joinable">{ for joinable }</ul>
+                <form id="new-room" onsubmit={link.callback(|e: SubmitEvent| { e.prevent_default(); Msg::CreateRoom })}>
+                    <input id="new-room-name" placeholder="new room" value={self.new_room.clone()}
+                        oninput={link.callback(|e: InputEvent| Msg::NewRoom(e.target_unchecked_into::<HtmlInputElement>().value()))} />
+                    <button type="submit">{ "Create" }</button>
+                </form>
+                <form id="new-direct" onsubmit={link.callback(|e: SubmitEvent| { e.prevent_default(); Msg::OpenDirect })}>
+                    <input id="new-direct-name" placeholder="message a user" value={self.new_direct.clone()}
+                        oninput={link.callback(|e: InputEvent| Msg::NewDirect(e.target_unchecked_into::<HtmlInputElement>().value()))} />
+                    <button type="submit">{ "Open" }</button>
+                </form>
+                <h2>{ "Online" }</h2>
+                <ul id="online">{ for online }</ul>
+            </nav>
+        }
+    }
+
+    fn view_conversation(&self, ctx: &Context<Self>) -> Html {
+        let link = ctx.link();
+        let key = &self.chat.selected;
+        let Some(conversation) = self.chat.conversations.get(key) else { return html! {} };
+        let lines = conversation.lines.iter().map(|line| {
+            let body = match &line.body {
+                LineBody::Text(text) => html! {
+                    <span class="body">
+                        { for linkify(text).into_iter().map(|(is_link, part)| if is_link {
+                            html! { <a href={part.to_string()} target="_blank" rel="noopener noreferrer">{ part }</a> }
+                        } else {
+                            html! { { part } }
+                        }) }
+                    </span>
+                },
+                LineBody::File { id, name, size } => html! {
+                    <span class="body file" data-file={id.to_string()}>
+                        { format!("📎 {name} ({})", human_size(*size)) }
+                    </span>
+                },
+            };
+            let state = if line.is_pending() { "pending" } else { "stored" };
+            html! {
+                <li class={classes!("msg", state, (line.from == self.chat.me).then_some("own"))}
+                    data-seq={line.seq.map(|s| s.to_string()).unwrap_or_default()}>
+                    <time>{ clock(line.at) }</time>
+                    <span class="from">{ line.from.clone() }</span>
+                    { body }
+                    <span class="state" title={state}>{ if line.is_pending() { "…" } else { "✓" } }</span>
+                </li>
+            }
+        });
+        let typing: Vec<&String> = conversation.typing.keys().collect();
+        let typing_line = match typing.as_slice() {
+            [] => String::new(),
+            [one] => format!("{one} is typing…"),
+            many => format!("{} are typing…", many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+        };
+        let onscroll = link.batch_callback(|e: Event| {
+            let element: HtmlElement = e.target_unchecked_into();
+            (element.scroll_top() <= 0).then_some(Msg::Older)
+        });
+        html! {
+            <section class="conversation">
+                <header><h2 id="conv-title">{ key.clone() }</h2></header>
+                <ol id="messages" ref={self.messages_ref.clone()} {onscroll}>
+                    if conversation.more_history {
+                        <li class="older">
+                            <button id="load-older" onclick={link.callback(|_| Msg::Older)} disabled={conversation.loading}>
+                                { if conversation.loading { "Loading…" } else { "Load older messages" } }
+                            </button>
+                        </li>
+                    }
+                    { for lines }
+                </ol>
+                <div id="typing" class="typing">{ typing_line }</div>
+                <form id="composer" onsubmit={link.callback(|e: SubmitEvent| { e.prevent_default(); Msg::Send })}>
+                    <input id="draft" autocomplete="off" placeholder={format!("Message {key}")} value={self.draft.clone()}
+                        maxlength={BODY_MAX.to_string()}
+                        oninput={link.callback(|e: InputEvent| Msg::Draft(e.target_unchecked_into::<HtmlInputElement>().value()))} />
+                    <button id="send" type="submit">{ "Send" }</button>
+                </form>
+            </section>
+        }
+    }
+
+    fn view_status(&self, ctx: &Context<Self>) -> Html {
+        let (class, text) = match &self.state {
+            LinkState::Online => ("online", "Connected".to_string()),
+            LinkState::Connecting => ("connecting", "Connecting…".to_string()),
+            LinkState::Deriving { .. } => ("connecting", "Unlocking your key…".to_string()),
+            LinkState::Offline { retry_ms } => (
+                "offline",
+                format!("Offline — retrying in {} s; unsent messages are kept", retry_ms.div_ceil(1000)),
+            ),
+        };
+        html! {
+            <header class="status">
+                <span id="conn-state" class={class}>{ text }</span>
+                <span class="me">{ format!("@{}", self.chat.me) }</span>
+                if let Some(notice) = &self.notice {
+                    <span id="notice" class="error">{ notice.clone() }</span>
+                }
+                <button id="logout" onclick={ctx.link().callback(|_| Msg::Logout)}>{ "Log out" }</button>
+            </header>
+        }
+    }
+}
+
+impl Component for App {
+    type Message = Msg;
+    type Properties = ();
+
+    fn create(_ctx: &Context<Self>) -> Self {
+        Self {
+            screen: Screen::Login { busy: false, error: None },
+            user: String::new(),
+            passphrase: String::new(),
+            link: None,
+            state: LinkState::Connecting,
+            chat: ChatState::new(""),
+            draft: String::new(),
+            new_room: String::new(),
+            new_direct: String::new(),
+            notice: None,
+            last_typing_sent: 0,
+            messages_ref: NodeRef::default(),
+            stick_to_bottom: true,
+            _ticker: None,
+        }
+    }
+
+    fn update(&mut self, ctx: &Context<Self>, msg: Self::Message) -> bool {
+        match msg {
+            Msg::User(user) => self.user = user,
+            Msg::Passphrase(passphrase) => self.passphrase = passphrase,
+            Msg::Login => {
+                let user = self.user.trim().to_lowercase();
+                let Ok(name) = Name::new(&user) else {
+                    self.screen = Screen::Login {
+                        busy: false,
+                        error: Some("A user name is 1 to 32 of a-z, 0-9, '.', '_' and '-'.".into()),
+                    };
+                    return true;
+                };
+                if self.passphrase.is_empty() {
+                    self.screen = Screen::Login { busy: false, error: Some("Enter your passphrase.".into()) };
+                    return true;
+                }
+                let passphrase = std::mem::take(&mut self.passphrase);
+                self.chat = ChatState::new(&user);
+                self.state = LinkState::Connecting;
+                self.screen = Screen::Login { busy: true, error: None };
+                let notify = ctx.link().callback(Msg::Link);
+                self.link = Some(Link::connect(socket_url(), name, passphrase, device_id(&user), notify));
+            }
+            Msg::Link(event) => match event {
+                LinkEvent::State(state) => {
+                    if state == LinkState::Online {
+                        self.screen = Screen::Chat;
+                        if self._ticker.is_none() {
+                            let tick = ctx.link().callback(|()| Msg::Tick);
+                            let closure =
+                                wasm_bindgen::closure::Closure::<dyn FnMut()>::new(move || tick.emit(()));
+                            if let Some(window) = web_sys::window() {
+                                let _ = window.set_interval_with_callback_and_timeout_and_arguments_0(
+                                    closure.as_ref().unchecked_ref(),
+                                    1000,
+                                );
+                            }
+                            self._ticker = Some(closure);
+                        }
+                    }
+                    self.state = state;
+                }
+                LinkEvent::Message(message) => return self.on_message(*message),
+                LinkEvent::Chunk { .. } => return false,
+                LinkEvent::LoginFailed(why) => {
+                    self.link = None;
+                    self.screen = Screen::Login { busy: false, error: Some(why) };
+                }
+                LinkEvent::Ended(why) => {
+                    self.link = None;
+                    self.screen = Screen::Login { busy: false, error: Some(why) };
+                }
+            },
+            Msg::Select(key) => {
+                self.chat.select(&key);
+                self.stick_to_bottom = true;
+                if self.chat.conversation(&key).lines.is_empty() {
+                    self.request_history(&key);
+                }
+            }
+            Msg::Draft(draft) => {
+                self.draft = draft;
+                let now = now_millis();
+                if now.saturating_sub(self.last_typing_sent) >= TYPING_EVERY_MS
+                    && let (Some(link), Some(to)) = (&self.link, target_of(&self.chat.selected))
+                    && link.request(&ClientMessage::Typing { to }).is_ok()
+                {
+                    self.last_typing_sent = now;
+                }
+            }
+            Msg::Send => self.send_draft(),
+            Msg::Older => {
+                let key = self.chat.selected.clone();
+                self.stick_to_bottom = false;
+                self.request_history(&key);
+            }
+            Msg::Join(room) => {
+                if let (Some(link), Ok(room)) = (&self.link, Name::new(&room)) {
+                    let _ = link.request(&ClientMessage::JoinRoom { room });
+                }
+            }
+            Msg::NewRoom(name) => self.new_room = name,
+            Msg::CreateRoom => {
+                let name = self.new_room.trim().trim_start_matches('#').to_lowercase();
+                match Name::new(&name) {
+                    Ok(room) => {
+                        if let Some(link) = &self.link
+                            && link.request(&ClientMessage::CreateRoom { room }).is_ok()
+                        {
+                            self.new_room.clear();
+                        }
+                    }
+                    Err(_) => {
+                        self.notice = Some("A room name is 1 to 32 of a-z, 0-9, '.', '_' and '-'.".into());
+                    }
+                }
+            }
+            Msg::Direct(user) => {
+                let key = format!("@{user}");
+                self.chat.select(&key);
+                self.request_history(&key);
+            }
+            Msg::NewDirect(name) => self.new_direct = name,
+            Msg::OpenDirect => {
+                let name = self.new_direct.trim().trim_start_matches('@').to_lowercase();
+                if Name::new(&name).is_ok() && name != self.chat.me {
+                    self.new_direct.clear();
+                    return Component::update(self, ctx, Msg::Direct(name));
+                }
+                self.notice = Some("That is not a user name.".into());
+            }
+            Msg::Tick => return self.chat.expire_typing(now_millis()),
+            Msg::Logout => {
+                if let Some(link) = self.link.take() {
+                    link.close();
+                }
+                self.chat = ChatState::new("");
+                self.screen = Screen::Login { busy: false, error: None };
+            }
+        }
+        true
+    }
+
+    fn view(&self, ctx: &Context<Self>) -> Html {
+        match &self.screen {
+            Screen::Login { busy, error } => self.view_login(ctx, *busy, error.as_ref()),
+            Screen::Chat => html! {
+                <div class="app">
+                    { self.view_status(ctx) }
+                    <div class="panes">
+                        { self.view_sidebar(ctx) }
+                        { self.view_conversation(ctx) }
+                    </div>
+                </div>
+            },
+        }
+    }
+
+    fn rendered(&mut self, _ctx: &Context<Self>, _first_render: bool) {
+        if self.stick_to_bottom
+            && let Some(list) = self.messages_ref.cast::<HtmlElement>()
+        {
+            list.set_scroll_top(list.scroll_height());
+        }
+        let unread = self.chat.unread_total();
+        if let Some(document) = web_sys::window().and_then(|w| w.document()) {
+            document.set_title(&if unread > 0 {
+                format!("({unread}) Casataa")
+            } else {
+                "Casataa".to_string()
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::GENERAL;
+
+    #[test]
+    fn conversation_keys_map_back_to_targets() {
+        assert_eq!(target_of("#general"), Some(Target::Room(Name::new("general").unwrap())));
+        assert_eq!(target_of("@bob"), Some(Target::User(Name::new("bob").unwrap())));
+        assert_eq!(target_of("bob"), None);
+        assert_eq!(target_of("#Bad Name"), None);
+        assert_eq!(target_of(""), None);
+        assert_eq!(GENERAL, "#general");
+    }
+}

@@ -1,0 +1,26 @@
+//! Casataa in the browser: a Yew page compiled to WASM and served by the server.
+//!
+//! It speaks the same protocol as every other client through `casataa-proto` compiled
+//! to WASM (the handshake, the key derivation, AES-CCM sealing and the client session
+//! with its outbox); there is no second implementation in JavaScript. The page talks to
+//! the server's `/ws` WebSocket, one binary message per frame.
+//!
+//! - [`state`]: the chat as shown (conversations, pending and stored lines, unread
+//!   counts, presence, typing), free of the DOM and tested on the host.
+//! - [`link`]: the WebSocket, the session, the sliced key derivation, reconnection.
+//! - [`app`]: the Yew components.
+//!
+//! `cargo xtask web` builds it into `web-wasm/dist/`, which the server embeds.
+
+pub mod app;
+pub mod link;
+pub mod state;
+
+/// Mounts the page when the module loads.
+#[wasm_bindgen::prelude::wasm_bindgen(start)]
+pub fn start() {
+    // Only in the browser: host builds compile this crate for its tests.
+    if cfg!(target_arch = "wasm32") {
+        yew::Renderer::<app::App>::new().render();
+    }
+}
