@@ -25,7 +25,7 @@ pub const NO_CLIENT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>Casa
 /// Scripts only from this origin (WASM compilation allowed), no inline script, no
 /// framing, connections only back to this server.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
-style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'; \
+style-src 'self'; img-src 'self' blob: data:; connect-src 'self' blob:; frame-ancestors 'none'; \
 base-uri 'none'; form-action 'none'";
 
 /// Whether the client is embedded.

@@ -305,3 +305,141 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
     })
     .await;
 }
+
+/// How many lines of the shown conversation contain `text`.
+async fn count_lines(browser: &Client, text: &str) -> Outcome<usize> {
+    let lines = browser.find_all(Locator::Css("#messages li.msg")).await.map_err(err("the lines"))?;
+    let mut count = 0;
+    for line in lines {
+        if line.text().await.unwrap_or_default().contains(text) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_after_a_server_restart_and_sends_what_was_typed_meanwhile_once() {
+    let mut server = server();
+    let url = format!("http://{}/", server.http);
+    with_browsers("reconnect", 2, |browsers| async move {
+        let [alice, bob] = &browsers[..] else { unreachable!() };
+        log_in(alice, &url, "alice", ALICE).await?;
+        send(alice, "before the restart").await?;
+        wait_for_line(alice, "before the restart").await?;
+
+        server.kill();
+        wait_text(alice, "#conn-state", |t| t.starts_with("Offline")).await?;
+        send(alice, "typed while the server was down").await?;
+        find(alice, "#messages li.msg.pending").await?;
+
+        server.respawn_on_same_ports();
+        wait_text(alice, "#conn-state", |t| t == "Connected").await?;
+        wait_for_line(alice, "typed while the server was down").await?;
+        // Stored once, shown once, nothing left pending, nothing doubled.
+        for text in ["before the restart", "typed while the server was down"] {
+            let shown = count_lines(alice, text).await?;
+            if shown != 1 {
+                return Err(format!("{text:?} shown {shown} times after reconnecting"));
+            }
+        }
+        if alice.find(Locator::Css("#messages li.msg.pending")).await.is_ok() {
+            return Err("a line stayed pending after reconnecting".into());
+        }
+        log_in(bob, &url, "bob", BOB).await?;
+        wait_for_line(bob, "typed while the server was down").await?;
+        let shown = count_lines(bob, "typed while the server was down").await?;
+        if shown != 1 {
+            return Err(format!("bob sees the message {shown} times"));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// The SHA-256 (hex) of what the link `css` points to, computed in the page.
+async fn sha256_of_link(browser: &Client, css: &str) -> Outcome<String> {
+    let script = "const [selector, done] = arguments;
+        const href = document.querySelector(selector).href;
+        fetch(href).then(r => r.arrayBuffer()).then(b => crypto.subtle.digest('SHA-256', b))
+            .then(d => done(Array.from(new Uint8Array(d)).map(x => x.toString(16).padStart(2, '0')).join('')))
+            .catch(e => done('error: ' + e));";
+    let value = browser
+        .execute_async(script, vec![serde_json::Value::String(css.into())])
+        .await
+        .map_err(err("hashing the download"))?;
+    value.as_str().map(str::to_owned).ok_or_else(|| format!("unexpected hash result {value}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_sent_with_the_button_or_dropped_arrive_verified_with_the_same_bytes() {
+    use sha2::Digest;
+    let server = server();
+    let url = format!("http://{}/", server.http);
+    // Several chunks, and bytes that are not text.
+    let picked: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let path = server.data.join("picked report.bin");
+    std::fs::write(&path, &picked).unwrap();
+    with_browsers("files", 2, |browsers| async move {
+        let [alice, bob] = &browsers[..] else { unreachable!() };
+        log_in(alice, &url, "alice", ALICE).await?;
+        log_in(bob, &url, "bob", BOB).await?;
+
+        // With the button (the file input).
+        find(alice, "#file-input").await?.send_keys(&path.to_string_lossy()).await.map_err(err("picking"))?;
+        wait_text(alice, "#transfers li.upload.done .status", |t| t == "sent").await?;
+        // Dropped on the conversation (a real DragEvent carrying a File).
+        alice
+            .execute(
+                "const data = new DataTransfer();
+                 data.items.add(new File([new Uint8Array([1, 2, 3, 250, 0, 9])], 'dropped.bin'));
+                 document.querySelector('section.conversation')
+                     .dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));",
+                vec![],
+            )
+            .await
+            .map_err(err("dropping a file"))?;
+        wait_text(alice, "#transfers", |t| t.matches("sent").count() == 2).await?;
+
+        for (name, bytes) in [("picked report.bin", picked.clone()), ("dropped.bin", vec![1, 2, 3, 250, 0, 9])] {
+            // Bob sees the announcement and downloads it.
+            let deadline = Instant::now() + PATIENCE;
+            let file = loop {
+                let files = bob.find_all(Locator::Css("#messages .file")).await.unwrap_or_default();
+                let mut found = None;
+                for file in files {
+                    if file.text().await.unwrap_or_default().contains(name) {
+                        found = Some(file);
+                    }
+                }
+                if let Some(file) = found {
+                    break file;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("bob never saw {name}"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let id = file.attr("data-file").await.map_err(err("file id"))?.ok_or("no data-file")?;
+            click(bob, &format!(".file[data-file='{id}'] button.download")).await?;
+            let save = format!(".file[data-file='{id}'] a.save");
+            find(bob, &save).await?;
+            wait_text(bob, &format!(".file[data-file='{id}'] .verified"), |t| t.contains("verified")).await?;
+            let offered = find(bob, &save).await?.attr("download").await.map_err(err("download name"))?;
+            if offered.as_deref() != Some(name) {
+                return Err(format!("offered as {offered:?}, not {name:?}"));
+            }
+            let got = sha256_of_link(bob, &save).await?;
+            let expected = hex(&sha2::Sha256::digest(&bytes));
+            if got != expected {
+                return Err(format!("{name}: downloaded bytes hash to {got}, sent {expected}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+}

@@ -5,15 +5,22 @@
 //! Element ids and classes are part of the end-to-end tests (`tests/browser.rs` in the
 //! server crate): change them together.
 
-use casataa_proto::limits::BODY_MAX;
-use casataa_proto::message::{ClientMessage, HistoryRequest, ServerMessage};
-use casataa_proto::types::{ClientKind, DeviceId, Name, Target};
+use std::collections::{BTreeMap, HashMap};
+
+use casataa_proto::limits::{BODY_MAX, FILE_NAME_MAX, chunk_capacity};
+use casataa_proto::message::{ClientMessage, Content, FileChunk, FileOffer, HistoryRequest, ServerMessage};
+use casataa_proto::types::{ClientKind, DeviceId, FileId, Name, Target, truncated};
 use wasm_bindgen::JsCast;
-use web_sys::{HtmlElement, HtmlInputElement};
+use web_sys::{File, HtmlElement, HtmlInputElement};
 use yew::prelude::*;
 
+use crate::files::{Receiving, files_of, hash_file, read_slice};
 use crate::link::{Link, LinkEvent, LinkState, now_millis, random_bytes};
 use crate::state::{ChatState, LineBody, conversation_of, human_size, linkify};
+use crate::transfers::{ChunkVerdict, Download, Phase, TRANSFER_BASE, Upload, is_image, mime_of};
+
+/// Images up to this size are fetched on their own to be shown inline.
+const PREVIEW_MAX: u64 = 8 << 20;
 
 /// How long a typing indicator stays without news.
 const TYPING_SHOWN_MS: u64 = 5_000;
@@ -53,7 +60,52 @@ pub enum Msg {
     NewDirect(String),
     /// Start a direct conversation with the user in that field.
     OpenDirect,
-    /// Once a second: expire typing indicators.
+    /// Files picked with the button or dropped on the conversation.
+    PickFiles(Vec<File>),
+    /// Bytes of an upload hashed so far.
+    Hashing {
+        /// Which upload.
+        transfer: u32,
+        /// Bytes hashed.
+        done: u64,
+    },
+    /// An upload's digest is known.
+    Hashed {
+        /// Which upload.
+        transfer: u32,
+        /// Its SHA-256.
+        sha256: [u8; 32],
+    },
+    /// A slice of an upload was read from the file.
+    SliceRead {
+        /// Which upload.
+        transfer: u32,
+        /// Where the slice starts.
+        offset: u64,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// Reading or hashing an upload failed.
+    UploadFailed {
+        /// Which upload.
+        transfer: u32,
+        /// Why.
+        why: String,
+    },
+    /// Cancel an upload.
+    CancelUpload(u32),
+    /// Download a file.
+    Download {
+        /// Which file.
+        file: FileId,
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
+    /// Cancel a download.
+    CancelDownload(FileId),
+    /// Once a second: expire typing indicators, refresh rates.
     Tick,
     /// Log out.
     Logout,
@@ -78,6 +130,12 @@ pub struct App {
     notice: Option<String>,
     last_typing_sent: u64,
     messages_ref: NodeRef,
+    uploads: BTreeMap<u32, Upload>,
+    upload_files: HashMap<u32, File>,
+    next_transfer: u32,
+    downloads: BTreeMap<FileId, Download>,
+    receiving: HashMap<FileId, (Receiving, [u8; 32])>,
+    saved: HashMap<FileId, String>,
     stick_to_bottom: bool,
     _ticker: Option<wasm_bindgen::closure::Closure<dyn FnMut()>>,
 }
@@ -167,7 +225,120 @@ impl App {
         }
     }
 
+    fn offer(&mut self, transfer: u32) {
+        let (Some(link), Some(upload)) = (&self.link, self.uploads.get(&transfer)) else { return };
+        let Some(sha256) = upload.sha256 else { return };
+        let offer = FileOffer {
+            transfer,
+            name: truncated::<FILE_NAME_MAX>(&upload.name),
+            size: upload.size,
+            sha256,
+            to: upload.to.clone(),
+        };
+        // Offline: offered again after the next login.
+        let _ = link.request(&ClientMessage::FileOffer(offer));
+    }
+
+    /// Reads the next slice of an upload if its window allows.
+    fn pump(&mut self, ctx: &Context<Self>, transfer: u32) {
+        let Some(upload) = self.uploads.get_mut(&transfer) else { return };
+        let Some(file) = self.upload_files.get(&transfer).cloned() else { return };
+        let Some((start, end)) = upload.next_slice() else { return };
+        let done = ctx.link().callback(|msg: Msg| msg);
+        wasm_bindgen_futures::spawn_local(async move {
+            done.emit(match read_slice(&file, start, end).await {
+                Ok(data) => Msg::SliceRead { transfer, offset: start, data },
+                Err(why) => Msg::UploadFailed { transfer, why },
+            });
+        });
+    }
+
+    fn start_download(&mut self, file: FileId, name: &str, size: u64) {
+        let Some(link) = &self.link else { return };
+        if self.downloads.get(&file).is_some_and(|d| d.phase.is_active() || d.phase == Phase::Done) {
+            return;
+        }
+        self.downloads.insert(file, Download::new(file, name, size));
+        self.receiving.insert(file, (Receiving::default(), [0; 32]));
+        let _ = link.request(&ClientMessage::FileDownload { file, offset: 0 });
+    }
+
+    fn fail_download(&mut self, file: FileId, why: String) {
+        self.receiving.remove(&file);
+        if let Some(download) = self.downloads.get_mut(&file) {
+            download.phase = Phase::Failed(why);
+        }
+        if let Some(link) = &self.link {
+            let _ = link.request(&ClientMessage::FileCancel { file });
+        }
+    }
+
+    fn on_chunk(&mut self, file: FileId, offset: u64, data: &[u8]) {
+        let Some(download) = self.downloads.get_mut(&file) else { return };
+        if download.phase != Phase::Moving {
+            return;
+        }
+        match download.chunk(offset, data.len() as u64) {
+            ChunkVerdict::OutOfOrder => self.fail_download(file, "a chunk arrived out of order".into()),
+            ChunkVerdict::Keep { report, complete } => {
+                let name = download.name.clone();
+                if let Some((receiving, _)) = self.receiving.get_mut(&file) {
+                    receiving.push(data);
+                }
+                if let (Some(received), Some(link)) = (report, &self.link) {
+                    let _ = link.request(&ClientMessage::FileProgress { file, received });
+                }
+                if complete && let Some((receiving, expected)) = self.receiving.remove(&file) {
+                    match receiving.finish(&expected, mime_of(&name)) {
+                        Ok(url) => {
+                            self.saved.insert(file, url);
+                            if let Some(download) = self.downloads.get_mut(&file) {
+                                download.phase = Phase::Done;
+                            }
+                        }
+                        Err(why) => self.fail_download(file, why),
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a login: uploads are offered again (the server says how much it holds)
+    /// and downloads requested again from the bytes held.
+    fn resume_transfers(&mut self) {
+        let transfers: Vec<u32> = self
+            .uploads
+            .iter_mut()
+            .filter(|(_, u)| u.sha256.is_some() && matches!(u.phase, Phase::Offered | Phase::Moving))
+            .map(|(t, u)| {
+                u.interrupted();
+                *t
+            })
+            .collect();
+        for transfer in transfers {
+            self.offer(transfer);
+        }
+        if let Some(link) = &self.link {
+            for download in
+                self.downloads.values().filter(|d| matches!(d.phase, Phase::Offered | Phase::Moving))
+            {
+                let _ = link
+                    .request(&ClientMessage::FileDownload { file: download.file, offset: download.received });
+            }
+        }
+    }
+
+    fn preview_images(&mut self, content: &Content) {
+        if let Content::File(info) = content
+            && is_image(&info.name)
+            && info.size <= PREVIEW_MAX
+        {
+            self.start_download(info.id, &info.name.clone(), info.size);
+        }
+    }
+
     fn on_welcome(&mut self) {
+        self.resume_transfers();
         if let Some(link) = &self.link {
             let _ = link.request(&ClientMessage::ListRooms);
             let _ = link.request(&ClientMessage::ListOnline);
@@ -181,15 +352,54 @@ impl App {
         }
     }
 
-    fn on_message(&mut self, message: ServerMessage<'static>) -> bool {
+    fn on_message(&mut self, ctx: &Context<Self>, message: ServerMessage<'static>) -> bool {
         match message {
             ServerMessage::Welcome(_) => self.on_welcome(),
+            ServerMessage::FileAccepted { transfer, file, offset, chunk_max, window } => {
+                let frame_room = self.link.as_ref().map_or(0, |l| chunk_capacity(l.server_max_frame()));
+                let chunk = u64::from(chunk_max).min(frame_room as u64);
+                if let Some(upload) = self.uploads.get_mut(&transfer) {
+                    upload.accept(file, offset, chunk, window, now_millis());
+                }
+                self.pump(ctx, transfer);
+            }
+            ServerMessage::FileProgress { file, received } => {
+                let transfer = self.uploads.iter_mut().find(|(_, u)| u.file == Some(file)).map(|(t, u)| {
+                    u.progress(received);
+                    *t
+                });
+                if let Some(transfer) = transfer {
+                    self.pump(ctx, transfer);
+                }
+            }
+            ServerMessage::FileStored { file, .. } => {
+                if let Some((transfer, upload)) = self.uploads.iter_mut().find(|(_, u)| u.file == Some(file))
+                {
+                    upload.confirmed = upload.size;
+                    upload.phase = Phase::Done;
+                    let transfer = *transfer;
+                    self.upload_files.remove(&transfer);
+                }
+            }
+            ServerMessage::FileStart { file, offset } => {
+                if let Some(download) = self.downloads.get_mut(&file.id) {
+                    download.start(file.size, offset, now_millis());
+                    download.name = file.name.to_string();
+                    if let Some((_, expected)) = self.receiving.get_mut(&file.id) {
+                        *expected = file.sha256;
+                    }
+                }
+            }
             ServerMessage::Stored { client_id, seq, at } => self.chat.stored(client_id, seq, at),
             ServerMessage::Deliver(message) => {
-                self.chat.receive(&message, true);
+                if self.chat.receive(&message, true).is_some() {
+                    self.preview_images(&message.content);
+                }
             }
             ServerMessage::HistoryItem(message) => {
-                self.chat.receive(&message, false);
+                if self.chat.receive(&message, false).is_some() {
+                    self.preview_images(&message.content);
+                }
             }
             ServerMessage::HistoryEnd { target, more } => {
                 let key = conversation_of(&self.chat.me, &self.chat.me.clone(), &target);
@@ -223,7 +433,23 @@ impl App {
                 self.chat.typing(from.as_str(), &to, now_millis() + TYPING_SHOWN_MS);
             }
             ServerMessage::Error(report) => {
-                self.notice = Some(format!("The server said: {}", report.detail));
+                let about = report.about;
+                let why = report.detail.to_string();
+                let upload = self.uploads.iter_mut().find(|(t, u)| {
+                    (about >= u64::from(TRANSFER_BASE) && u64::from(**t) == about) || u.file == Some(about)
+                });
+                if let Some((transfer, upload)) = upload {
+                    upload.phase = Phase::Failed(why);
+                    let transfer = *transfer;
+                    self.upload_files.remove(&transfer);
+                } else if self.downloads.get(&about).is_some_and(|d| d.phase.is_active()) {
+                    self.receiving.remove(&about);
+                    if let Some(download) = self.downloads.get_mut(&about) {
+                        download.phase = Phase::Failed(why);
+                    }
+                } else {
+                    self.notice = Some(format!("The server said: {why}"));
+                }
             }
             _ => return false,
         }
@@ -370,11 +596,7 @@ impl App {
                         }) }
                     </span>
                 },
-                LineBody::File { id, name, size } => html! {
-                    <span class="body file" data-file={id.to_string()}>
-                        { format!("📎 {name} ({})", human_size(*size)) }
-                    </span>
-                },
+                LineBody::File { id, name, size } => self.view_file(ctx, *id, name, *size),
             };
             let state = if line.is_pending() { "pending" } else { "stored" };
             html! {
@@ -397,8 +619,24 @@ impl App {
             let element: HtmlElement = e.target_unchecked_into();
             (element.scroll_top() <= 0).then_some(Msg::Older)
         });
+        // Allowing a drop takes refusing the default on dragover; nothing to redraw.
+        let ondragover = link.batch_callback(|e: DragEvent| {
+            e.prevent_default();
+            None::<Msg>
+        });
+        let ondrop = link.callback(|e: DragEvent| {
+            e.prevent_default();
+            Msg::PickFiles(files_of(e.data_transfer().and_then(|d| d.files())))
+        });
+        let onchange = link.callback(|e: Event| {
+            let input: HtmlInputElement = e.target_unchecked_into();
+            let files = files_of(input.files());
+            // Picking the same file again must fire again.
+            input.set_value("");
+            Msg::PickFiles(files)
+        });
         html! {
-            <section class="conversation">
+            <section class="conversation" {ondragover} {ondrop}>
                 <header><h2 id="conv-title">{ key.clone() }</h2></header>
                 <ol id="messages" ref={self.messages_ref.clone()} {onscroll}>
                     if conversation.more_history {
@@ -411,14 +649,95 @@ impl App {
                     { for lines }
                 </ol>
                 <div id="typing" class="typing">{ typing_line }</div>
+                { self.view_uploads(ctx) }
                 <form id="composer" onsubmit={link.callback(|e: SubmitEvent| { e.prevent_default(); Msg::Send })}>
                     <input id="draft" autocomplete="off" placeholder={format!("Message {key}")} value={self.draft.clone()}
                         maxlength={BODY_MAX.to_string()}
                         oninput={link.callback(|e: InputEvent| Msg::Draft(e.target_unchecked_into::<HtmlInputElement>().value()))} />
+                    <label class="upload-button" title="Send a file (or drop it on the conversation)">
+                        { "Attach" }
+                        <input id="file-input" type="file" multiple=true {onchange} />
+                    </label>
                     <button id="send" type="submit">{ "Send" }</button>
                 </form>
             </section>
         }
+    }
+
+    fn view_file(&self, ctx: &Context<Self>, id: FileId, name: &str, size: u64) -> Html {
+        let link = ctx.link();
+        let action = match (self.saved.get(&id), self.downloads.get(&id)) {
+            (Some(url), _) => html! {
+                <>
+                    <a class="save" href={url.clone()} download={name.to_string()}>{ "Save" }</a>
+                    <span class="verified" title="SHA-256 checked">{ "✓ verified" }</span>
+                    if is_image(name) {
+                        <img class="preview" src={url.clone()} alt={name.to_string()} />
+                    }
+                </>
+            },
+            (None, Some(download)) if download.phase.is_active() => {
+                let (done, rate) = download.status(now_millis());
+                html! {
+                    <>
+                        <progress class="download-progress" max={size.max(1).to_string()} value={done.to_string()}></progress>
+                        <span class="rate">{ format!("{} / {} · {}/s", human_size(done), human_size(size), human_size(rate as u64)) }</span>
+                        <button class="cancel" onclick={link.callback(move |_| Msg::CancelDownload(id))}>{ "Cancel" }</button>
+                    </>
+                }
+            }
+            (None, download) => {
+                let failed = match download.map(|d| &d.phase) {
+                    Some(Phase::Failed(why)) => html! { <span class="error">{ why.clone() }</span> },
+                    _ => html! {},
+                };
+                let name = name.to_string();
+                html! {
+                    <>
+                        { failed }
+                        <button class="download" onclick={link.callback(move |_| Msg::Download { file: id, name: name.clone(), size })}>
+                            { "Download" }
+                        </button>
+                    </>
+                }
+            }
+        };
+        html! {
+            <span class="body file" data-file={id.to_string()}>
+                <span class="file-name">{ format!("📎 {name} ({})", human_size(size)) }</span>
+                { action }
+            </span>
+        }
+    }
+
+    fn view_uploads(&self, ctx: &Context<Self>) -> Html {
+        let link = ctx.link();
+        let now = now_millis();
+        let items = self.uploads.values().rev().take(5).map(|upload| {
+            let transfer = upload.transfer;
+            let (done, rate) = upload.status(now);
+            let status = match &upload.phase {
+                Phase::Hashing => html! { <span class="status">{ format!("checking… {}", human_size(done)) }</span> },
+                Phase::Offered => html! { <span class="status">{ "waiting for the server" }</span> },
+                Phase::Moving => html! {
+                    <span class="status">{ format!("{} / {} · {}/s", human_size(done), human_size(upload.size), human_size(rate as u64)) }</span>
+                },
+                Phase::Done => html! { <span class="status done">{ "sent" }</span> },
+                Phase::Failed(why) => html! { <span class="status error">{ format!("failed: {why}") }</span> },
+                Phase::Cancelled => html! { <span class="status">{ "cancelled" }</span> },
+            };
+            html! {
+                <li class={classes!("transfer", "upload", (upload.phase == Phase::Done).then_some("done"))} data-transfer={transfer.to_string()}>
+                    <span class="name">{ upload.name.clone() }</span>
+                    <progress max={upload.size.max(1).to_string()} value={done.to_string()}></progress>
+                    { status }
+                    if upload.phase.is_active() {
+                        <button class="cancel" onclick={link.callback(move |_| Msg::CancelUpload(transfer))}>{ "Cancel" }</button>
+                    }
+                </li>
+            }
+        });
+        html! { <ul id="transfers">{ for items }</ul> }
     }
 
     fn view_status(&self, ctx: &Context<Self>) -> Html {
@@ -462,6 +781,12 @@ impl Component for App {
             notice: None,
             last_typing_sent: 0,
             messages_ref: NodeRef::default(),
+            uploads: BTreeMap::new(),
+            upload_files: HashMap::new(),
+            next_transfer: TRANSFER_BASE,
+            downloads: BTreeMap::new(),
+            receiving: HashMap::new(),
+            saved: HashMap::new(),
             stick_to_bottom: true,
             _ticker: None,
         }
@@ -510,8 +835,8 @@ impl Component for App {
                     }
                     self.state = state;
                 }
-                LinkEvent::Message(message) => return self.on_message(*message),
-                LinkEvent::Chunk { .. } => return false,
+                LinkEvent::Message(message) => return self.on_message(ctx, *message),
+                LinkEvent::Chunk { file, offset, data } => self.on_chunk(file, offset, &data),
                 LinkEvent::LoginFailed(why) => {
                     self.link = None;
                     self.screen = Screen::Login { busy: false, error: Some(why) };
@@ -579,7 +904,94 @@ impl Component for App {
                 }
                 self.notice = Some("That is not a user name.".into());
             }
-            Msg::Tick => return self.chat.expire_typing(now_millis()),
+            Msg::PickFiles(files) => {
+                let Some(to) = target_of(&self.chat.selected) else { return false };
+                for file in files {
+                    let transfer = self.next_transfer;
+                    self.next_transfer = self.next_transfer.wrapping_add(1).max(TRANSFER_BASE);
+                    self.uploads.insert(
+                        transfer,
+                        Upload::new(transfer, &file.name(), file.size() as u64, to.clone()),
+                    );
+                    self.upload_files.insert(transfer, file.clone());
+                    let report = ctx.link().callback(|msg: Msg| msg);
+                    wasm_bindgen_futures::spawn_local(async move {
+                        let progress = report.clone();
+                        let hashed =
+                            hash_file(&file, move |done| progress.emit(Msg::Hashing { transfer, done }))
+                                .await;
+                        report.emit(match hashed {
+                            Ok(sha256) => Msg::Hashed { transfer, sha256 },
+                            Err(why) => Msg::UploadFailed { transfer, why },
+                        });
+                    });
+                }
+            }
+            Msg::Hashing { transfer, done } => {
+                if let Some(upload) = self.uploads.get_mut(&transfer) {
+                    upload.confirmed = done;
+                }
+            }
+            Msg::Hashed { transfer, sha256 } => {
+                if let Some(upload) = self.uploads.get_mut(&transfer) {
+                    if upload.phase != Phase::Hashing {
+                        return false;
+                    }
+                    upload.sha256 = Some(sha256);
+                    upload.confirmed = 0;
+                    upload.phase = Phase::Offered;
+                }
+                self.offer(transfer);
+            }
+            Msg::SliceRead { transfer, offset, data } => {
+                let Some(upload) = self.uploads.get_mut(&transfer) else { return false };
+                let (Some(file), Some(link)) = (upload.file, &self.link) else { return false };
+                if upload.phase != Phase::Moving || offset != upload.sent {
+                    upload.reading = false;
+                    return false;
+                }
+                let chunk = ClientMessage::FileChunk(FileChunk { file, offset, data: &data });
+                if link.request(&chunk).is_err() {
+                    // Offline: sent again from the server's offset after the next login.
+                    upload.reading = false;
+                    return false;
+                }
+                upload.slice_sent(offset, data.len() as u64);
+                self.pump(ctx, transfer);
+                return false;
+            }
+            Msg::UploadFailed { transfer, why } => {
+                if let Some(upload) = self.uploads.get_mut(&transfer) {
+                    upload.phase = Phase::Failed(why);
+                }
+                self.upload_files.remove(&transfer);
+            }
+            Msg::CancelUpload(transfer) => {
+                if let Some(upload) = self.uploads.get_mut(&transfer)
+                    && upload.phase.is_active()
+                {
+                    upload.phase = Phase::Cancelled;
+                    if let (Some(file), Some(link)) = (upload.file, &self.link) {
+                        let _ = link.request(&ClientMessage::FileCancel { file });
+                    }
+                }
+                self.upload_files.remove(&transfer);
+            }
+            Msg::Download { file, name, size } => self.start_download(file, &name, size),
+            Msg::CancelDownload(file) => {
+                self.receiving.remove(&file);
+                if let Some(download) = self.downloads.get_mut(&file) {
+                    download.phase = Phase::Cancelled;
+                }
+                if let Some(link) = &self.link {
+                    let _ = link.request(&ClientMessage::FileCancel { file });
+                }
+            }
+            Msg::Tick => {
+                let moving = self.uploads.values().any(|u| u.phase.is_active())
+                    || self.downloads.values().any(|d| d.phase.is_active());
+                return self.chat.expire_typing(now_millis()) || moving;
+            }
             Msg::Logout => {
                 if let Some(link) = self.link.take() {
                     link.close();

@@ -8,13 +8,17 @@
 //! - [`state`]: the chat as shown (conversations, pending and stored lines, unread
 //!   counts, presence, typing), free of the DOM and tested on the host.
 //! - [`link`]: the WebSocket, the session, the sliced key derivation, reconnection.
+//! - [`transfers`]: uploads and downloads as state (window, order, progress, rate),
+//!   tested on the host; [`files`]: the browser side (file slices, hashing, blobs).
 //! - [`app`]: the Yew components.
 //!
 //! `cargo xtask web` builds it into `web-wasm/dist/`, which the server embeds.
 
 pub mod app;
+pub mod files;
 pub mod link;
 pub mod state;
+pub mod transfers;
 
 /// Mounts the page when the module loads.
 #[wasm_bindgen::prelude::wasm_bindgen(start)]

@@ -425,6 +425,11 @@ impl Link {
         Ok(())
     }
 
+    /// The largest frame the server accepts.
+    pub fn server_max_frame(&self) -> usize {
+        self.0.borrow().session.server_max_frame()
+    }
+
     /// Whether the session is logged in now.
     pub fn is_online(&self) -> bool {
         let inner = self.0.borrow();

@@ -98,6 +98,15 @@ impl TestServer {
         self.spawn_with(Command::new(server_binary()));
     }
 
+    /// Starts the server again on the addresses it had (as a restarted service would):
+    /// pages and clients that were connected find it where it was.
+    pub fn respawn_on_same_ports(&mut self) {
+        let (tcp, http) = (self.tcp.clone(), self.http.clone());
+        let mut command = Command::new(server_binary());
+        command.arg("--data").arg(&self.data).args(["serve", "--tcp", &tcp, "--http", &http]);
+        self.spawn_configured(command);
+    }
+
     /// Starts the server with a file-size limit (as on a nearly full disk).
     pub fn spawn_with_file_size_limit(&mut self, bytes: u64) {
         let mut command = Command::new("prlimit");
@@ -106,10 +115,18 @@ impl TestServer {
     }
 
     fn spawn_with(&mut self, mut command: Command) {
+        command.arg("--data").arg(&self.data).args([
+            "serve",
+            "--tcp",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ]);
+        self.spawn_configured(command);
+    }
+
+    fn spawn_configured(&mut self, mut command: Command) {
         let mut child = command
-            .arg("--data")
-            .arg(&self.data)
-            .args(["serve", "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .env("RUST_LOG", std::env::var("CASATAA_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
