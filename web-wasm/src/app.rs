@@ -8,16 +8,23 @@
 use std::collections::{BTreeMap, HashMap};
 
 use casataa_proto::limits::{BODY_MAX, FILE_NAME_MAX, chunk_capacity};
-use casataa_proto::message::{ClientMessage, Content, FileChunk, FileOffer, HistoryRequest, ServerMessage};
-use casataa_proto::types::{ClientKind, DeviceId, FileId, Name, Target, truncated};
+use casataa_proto::message::{
+    ActivityKind, AdminRequest, ChatMessage, ClientMessage, Content, FileChunk, FileOffer, HistoryRequest,
+    ServerMessage,
+};
+use casataa_proto::types::{ClientKind, DeviceId, FileId, Name, Role, Target, truncated};
 use wasm_bindgen::JsCast;
 use web_sys::{File, HtmlElement, HtmlInputElement};
 use yew::prelude::*;
 
+use crate::admin::{AdminState, Asked, FollowUp, kind_label, kinds};
 use crate::files::{Receiving, files_of, hash_file, read_slice};
 use crate::link::{Link, LinkEvent, LinkState, now_millis, random_bytes};
 use crate::state::{ChatState, LineBody, conversation_of, human_size, linkify};
 use crate::transfers::{ChunkVerdict, Download, Phase, TRANSFER_BASE, Upload, is_image, mime_of};
+
+/// How often the admin view refreshes the session list (traffic counters).
+const ADMIN_REFRESH_MS: u64 = 5_000;
 
 /// Images up to this size are fetched on their own to be shown inline.
 const PREVIEW_MAX: u64 = 8 << 20;
@@ -105,6 +112,26 @@ pub enum Msg {
     },
     /// Cancel a download.
     CancelDownload(FileId),
+    /// Show the chat or the admin view.
+    ShowAdmin(bool),
+    /// The activity filter by user changed.
+    FilterUser(String),
+    /// The activity filter by kind changed (`None`: all kinds).
+    FilterKind(Option<ActivityKind>),
+    /// The new user's name changed.
+    NewUserName(String),
+    /// Whether the new user is an admin.
+    NewUserAdmin(bool),
+    /// Create the new user.
+    CreateUser,
+    /// Kick a user's sessions.
+    Kick(String),
+    /// Disable (true) or enable a user.
+    SetDisabled(String, bool),
+    /// Ask to show desktop notifications.
+    EnableNotifications,
+    /// The notification permission may have changed.
+    NotificationsAnswered,
     /// Once a second: expire typing indicators, refresh rates.
     Tick,
     /// Log out.
@@ -130,6 +157,12 @@ pub struct App {
     notice: Option<String>,
     last_typing_sent: u64,
     messages_ref: NodeRef,
+    role: Role,
+    admin_view: bool,
+    admin: AdminState,
+    admin_refreshed: u64,
+    new_user: String,
+    new_user_admin: bool,
     uploads: BTreeMap<u32, Upload>,
     upload_files: HashMap<u32, File>,
     next_transfer: u32,
@@ -179,6 +212,17 @@ fn socket_url() -> String {
     format!("{}://{host}/ws", if secure { "wss" } else { "ws" })
 }
 
+/// The notification permission, or `None` where notifications cannot be used: the
+/// browser lacks them, or the page is not a secure context (HTTPS or localhost).
+fn notifications() -> Option<web_sys::NotificationPermission> {
+    let window = web_sys::window()?;
+    if !window.is_secure_context() {
+        return None;
+    }
+    let has_api = js_sys::Reflect::has(&window, &"Notification".into()).unwrap_or(false);
+    has_api.then(web_sys::Notification::permission)
+}
+
 fn target_of(key: &str) -> Option<Target> {
     let name = Name::new(key.get(1..)?).ok()?;
     match key.as_bytes().first()? {
@@ -193,7 +237,7 @@ fn clock(millis: u64) -> String {
     format!("{:02}:{:02}", date.get_hours(), date.get_minutes())
 }
 
-fn kind_label(kind: ClientKind) -> &'static str {
+fn kind_label_client(kind: ClientKind) -> &'static str {
     match kind {
         ClientKind::Browser => "browser",
         ClientKind::Terminal => "terminal",
@@ -337,6 +381,56 @@ impl App {
         }
     }
 
+    fn admin_request(&mut self, asked: Asked, request: AdminRequest) {
+        let req = self.admin.ask(asked);
+        if let Some(link) = &self.link {
+            let _ = link.request(&ClientMessage::Admin { req, request });
+        }
+    }
+
+    /// Starts (or refreshes) the live session list and activity log.
+    fn admin_watch(&mut self) {
+        self.admin_refreshed = now_millis();
+        self.admin_request(Asked::Watch, AdminRequest::Watch { sessions: true, activity: true });
+        if self.admin.users.is_empty() {
+            self.admin_users(None);
+        }
+    }
+
+    fn admin_users(&mut self, after: Option<Name>) {
+        self.admin_request(Asked::Users, AdminRequest::ListUsers { after });
+    }
+
+    /// A desktop notification for a direct message or a mention, while the tab is
+    /// hidden and the user allowed them.
+    fn notify(&self, message: &ChatMessage) {
+        let me = &self.chat.me;
+        if message.from.as_str() == me {
+            return;
+        }
+        let direct = matches!(&message.to, Target::User(user) if user.as_str() == me);
+        let text = match &message.content {
+            Content::Text(text) => text.to_string(),
+            Content::File(file) => format!("sent a file: {}", file.name),
+        };
+        let mentioned = text.contains(&format!("@{me}"));
+        let hidden = web_sys::window().and_then(|w| w.document()).is_some_and(|d| d.hidden());
+        if !(direct || mentioned)
+            || !hidden
+            || notifications() != Some(web_sys::NotificationPermission::Granted)
+        {
+            return;
+        }
+        let title = match &message.to {
+            Target::Room(room) => format!("{} in #{room}", message.from),
+            Target::User(_) => message.from.to_string(),
+        };
+        let options = web_sys::NotificationOptions::new();
+        options.set_body(&text);
+        options.set_tag(&conversation_of(me, message.from.as_str(), &message.to));
+        let _ = web_sys::Notification::new_with_options(&title, &options);
+    }
+
     fn on_welcome(&mut self) {
         self.resume_transfers();
         if let Some(link) = &self.link {
@@ -354,7 +448,20 @@ impl App {
 
     fn on_message(&mut self, ctx: &Context<Self>, message: ServerMessage<'static>) -> bool {
         match message {
-            ServerMessage::Welcome(_) => self.on_welcome(),
+            ServerMessage::Welcome(welcome) => {
+                self.role = welcome.role;
+                self.on_welcome();
+                if self.admin_view {
+                    self.admin_watch();
+                }
+            }
+            ServerMessage::Sessions { sessions, last } => self.admin.sessions_page(&sessions, last),
+            ServerMessage::Activity(event) => self.admin.activity(event),
+            ServerMessage::AdminResult { req, result } => match self.admin.result(req, result) {
+                FollowUp::Nothing => {}
+                FollowUp::MoreUsers(after) => self.admin_users(Name::new(&after).ok()),
+                FollowUp::ReloadUsers => self.admin_users(None),
+            },
             ServerMessage::FileAccepted { transfer, file, offset, chunk_max, window } => {
                 let frame_room = self.link.as_ref().map_or(0, |l| chunk_capacity(l.server_max_frame()));
                 let chunk = u64::from(chunk_max).min(frame_room as u64);
@@ -394,6 +501,7 @@ impl App {
             ServerMessage::Deliver(message) => {
                 if self.chat.receive(&message, true).is_some() {
                     self.preview_images(&message.content);
+                    self.notify(&message);
                 }
             }
             ServerMessage::HistoryItem(message) => {
@@ -554,7 +662,7 @@ impl App {
                         <button class="direct" title="Send a direct message"
                             onclick={link.callback(move |_| Msg::Direct(direct.clone()))}>{ user.clone() }</button>
                     }
-                    <span class="kind">{ kind_label(*kind) }</span>
+                    <span class="kind">{ kind_label_client(*kind) }</span>
                 </li>
             }
         });
@@ -740,6 +848,107 @@ impl App {
         html! { <ul id="transfers">{ for items }</ul> }
     }
 
+    fn view_admin(&self, ctx: &Context<Self>) -> Html {
+        let link = ctx.link();
+        let sessions = self.admin.sessions.iter().map(|s| {
+            html! {
+                <tr class="session" data-user={s.user.to_string()}>
+                    <td>{ s.user.to_string() }</td>
+                    <td>{ kind_label_client(s.kind) }</td>
+                    <td>{ s.addr.to_string() }</td>
+                    <td>{ clock(s.since) }</td>
+                    <td>{ format!("{} / {}", s.messages_in, s.messages_out) }</td>
+                    <td>{ format!("{} / {}", human_size(s.bytes_in), human_size(s.bytes_out)) }</td>
+                </tr>
+            }
+        });
+        let users = self.admin.users.iter().map(|u| {
+            let (kick, toggle) = (u.user.to_string(), u.user.to_string());
+            let disabled = u.disabled;
+            html! {
+                <tr class="user-row" data-user={u.user.to_string()}>
+                    <td>{ u.user.to_string() }</td>
+                    <td>{ if u.role == Role::Admin { "admin" } else { "user" } }</td>
+                    <td>{ if u.online { "online" } else { "" } }</td>
+                    <td class="state">{ if disabled { "disabled" } else { "active" } }</td>
+                    <td>{ human_size(u.storage_used) }</td>
+                    <td>
+                        <button class="kick" onclick={link.callback(move |_| Msg::Kick(kick.clone()))}>{ "Kick" }</button>
+                        <button class={if disabled { "enable" } else { "disable" }}
+                            onclick={link.callback(move |_| Msg::SetDisabled(toggle.clone(), !disabled))}>
+                            { if disabled { "Enable" } else { "Disable" } }
+                        </button>
+                    </td>
+                </tr>
+            }
+        });
+        let activity = self.admin.filtered().take(200).map(|e| {
+            html! {
+                <li class="activity" data-kind={kind_label(e.kind)}>
+                    <time>{ clock(e.at) }</time>
+                    <span class="kind">{ kind_label(e.kind) }</span>
+                    <span class="who">{ e.user.to_string() }</span>
+                    <span class="addr">{ e.addr.to_string() }</span>
+                    <span class="detail">{ e.detail.to_string() }</span>
+                </li>
+            }
+        });
+        let kind_options = kinds().map(|(kind, label)| {
+            let selected = self.admin.filter_kind == Some(kind);
+            html! { <option value={label} {selected}>{ label }</option> }
+        });
+        let onkind = link.callback(|e: Event| {
+            let label = e.target_unchecked_into::<web_sys::HtmlSelectElement>().value();
+            Msg::FilterKind(kinds().find(|(_, l)| *l == label).map(|(k, _)| k))
+        });
+        html! {
+            <main class="admin">
+                <section>
+                    <h2>{ format!("Online sessions ({})", self.admin.sessions.len()) }</h2>
+                    <table id="sessions">
+                        <thead><tr><th>{ "User" }</th><th>{ "Client" }</th><th>{ "Address" }</th><th>{ "Since" }</th><th>{ "Messages in/out" }</th><th>{ "Traffic in/out" }</th></tr></thead>
+                        <tbody>{ for sessions }</tbody>
+                    </table>
+                </section>
+                <section>
+                    <h2>{ "Users" }</h2>
+                    <form id="create-user" onsubmit={link.callback(|e: SubmitEvent| { e.prevent_default(); Msg::CreateUser })}>
+                        <input id="create-user-name" placeholder="new user name" value={self.new_user.clone()}
+                            oninput={link.callback(|e: InputEvent| Msg::NewUserName(e.target_unchecked_into::<HtmlInputElement>().value()))} />
+                        <label><input id="create-user-admin" type="checkbox" checked={self.new_user_admin}
+                            onchange={link.callback(|e: Event| Msg::NewUserAdmin(e.target_unchecked_into::<HtmlInputElement>().checked()))} />{ " admin" }</label>
+                        <button type="submit">{ "Create user" }</button>
+                    </form>
+                    if let Some((user, passphrase)) = &self.admin.created {
+                        <p id="created">
+                            { format!("{user} was created. Their passphrase, shown only now: ") }
+                            <code id="created-passphrase">{ passphrase.clone() }</code>
+                        </p>
+                    }
+                    if let Some(message) = &self.admin.message {
+                        <p id="admin-message">{ message.clone() }</p>
+                    }
+                    <table id="users">
+                        <thead><tr><th>{ "User" }</th><th>{ "Role" }</th><th>{ "Online" }</th><th>{ "State" }</th><th>{ "Files" }</th><th></th></tr></thead>
+                        <tbody>{ for users }</tbody>
+                    </table>
+                </section>
+                <section>
+                    <h2>{ "Activity" }</h2>
+                    <div class="filters">
+                        <input id="activity-user" placeholder="filter by user" value={self.admin.filter_user.clone()}
+                            oninput={link.callback(|e: InputEvent| Msg::FilterUser(e.target_unchecked_into::<HtmlInputElement>().value()))} />
+                        <select id="activity-kind" onchange={onkind}>
+                            <option value="" selected={self.admin.filter_kind.is_none()}>{ "all kinds" }</option>
+                            { for kind_options }
+                        </select>
+                    </div>
+                    <ol id="activity">{ for activity }</ol>
+                </section>
+            </main>
+        }
+    }
+
     fn view_status(&self, ctx: &Context<Self>) -> Html {
         let (class, text) = match &self.state {
             LinkState::Online => ("online", "Connected".to_string()),
@@ -754,6 +963,16 @@ impl App {
             <header class="status">
                 <span id="conn-state" class={class}>{ text }</span>
                 <span class="me">{ format!("@{}", self.chat.me) }</span>
+                if self.role == Role::Admin {
+                    <button id="admin-tab" onclick={ctx.link().callback({
+                        let show = !self.admin_view;
+                        move |_| Msg::ShowAdmin(show)
+                    })}>{ if self.admin_view { "Chat" } else { "Admin" } }</button>
+                }
+                if notifications() != Some(web_sys::NotificationPermission::Granted) {
+                    <button id="notify" title="Desktop notifications for direct messages and mentions"
+                        onclick={ctx.link().callback(|_| Msg::EnableNotifications)}>{ "Notifications" }</button>
+                }
                 if let Some(notice) = &self.notice {
                     <span id="notice" class="error">{ notice.clone() }</span>
                 }
@@ -781,6 +1000,12 @@ impl Component for App {
             notice: None,
             last_typing_sent: 0,
             messages_ref: NodeRef::default(),
+            role: Role::User,
+            admin_view: false,
+            admin: AdminState::default(),
+            admin_refreshed: 0,
+            new_user: String::new(),
+            new_user_admin: false,
             uploads: BTreeMap::new(),
             upload_files: HashMap::new(),
             next_transfer: TRANSFER_BASE,
@@ -987,7 +1212,70 @@ impl Component for App {
                     let _ = link.request(&ClientMessage::FileCancel { file });
                 }
             }
+            Msg::ShowAdmin(show) => {
+                self.admin_view = show && self.role == Role::Admin;
+                if self.admin_view {
+                    self.admin_watch();
+                }
+            }
+            Msg::FilterUser(user) => self.admin.filter_user = user,
+            Msg::FilterKind(kind) => self.admin.filter_kind = kind,
+            Msg::NewUserName(name) => self.new_user = name,
+            Msg::NewUserAdmin(admin) => self.new_user_admin = admin,
+            Msg::CreateUser => {
+                let name = self.new_user.trim().to_lowercase();
+                match Name::new(&name) {
+                    Ok(user) => {
+                        let role = if self.new_user_admin { Role::Admin } else { Role::User };
+                        self.admin.created = None;
+                        self.admin_request(
+                            Asked::Create(name),
+                            AdminRequest::CreateUser { user, role, passphrase: None },
+                        );
+                        self.new_user.clear();
+                    }
+                    Err(_) => {
+                        self.admin.message =
+                            Some("A user name is 1 to 32 of a-z, 0-9, '.', '_' and '-'.".into());
+                    }
+                }
+            }
+            Msg::Kick(user) => {
+                if let Ok(name) = Name::new(&user) {
+                    self.admin_request(Asked::Change(user), AdminRequest::Kick { user: name });
+                }
+            }
+            Msg::SetDisabled(user, disabled) => {
+                if let Ok(name) = Name::new(&user) {
+                    self.admin_request(
+                        Asked::Change(user),
+                        AdminRequest::SetDisabled { user: name, disabled },
+                    );
+                }
+            }
+            Msg::EnableNotifications => match notifications() {
+                None => {
+                    self.notice = Some(
+                        "Desktop notifications need a secure page: HTTPS, or localhost. This page came over \
+                         plain HTTP, so the browser does not offer them."
+                            .into(),
+                    );
+                }
+                Some(_) => {
+                    if let Ok(asked) = web_sys::Notification::request_permission() {
+                        let answered = ctx.link().callback(|()| Msg::NotificationsAnswered);
+                        wasm_bindgen_futures::spawn_local(async move {
+                            let _ = wasm_bindgen_futures::JsFuture::from(asked).await;
+                            answered.emit(());
+                        });
+                    }
+                }
+            },
+            Msg::NotificationsAnswered => {}
             Msg::Tick => {
+                if self.admin_view && now_millis().saturating_sub(self.admin_refreshed) >= ADMIN_REFRESH_MS {
+                    self.admin_watch();
+                }
                 let moving = self.uploads.values().any(|u| u.phase.is_active())
                     || self.downloads.values().any(|d| d.phase.is_active());
                 return self.chat.expire_typing(now_millis()) || moving;
@@ -1009,10 +1297,14 @@ impl Component for App {
             Screen::Chat => html! {
                 <div class="app">
                     { self.view_status(ctx) }
-                    <div class="panes">
-                        { self.view_sidebar(ctx) }
-                        { self.view_conversation(ctx) }
-                    </div>
+                    if self.admin_view {
+                        { self.view_admin(ctx) }
+                    } else {
+                        <div class="panes">
+                            { self.view_sidebar(ctx) }
+                            { self.view_conversation(ctx) }
+                        </div>
+                    }
                 </div>
             },
         }

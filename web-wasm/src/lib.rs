@@ -10,10 +10,12 @@
 //! - [`link`]: the WebSocket, the session, the sliced key derivation, reconnection.
 //! - [`transfers`]: uploads and downloads as state (window, order, progress, rate),
 //!   tested on the host; [`files`]: the browser side (file slices, hashing, blobs).
+//! - [`admin`]: the admin view's state (sessions, activity with filters, users).
 //! - [`app`]: the Yew components.
 //!
 //! `cargo xtask web` builds it into `web-wasm/dist/`, which the server embeds.
 
+pub mod admin;
 pub mod app;
 pub mod files;
 pub mod link;
