@@ -492,3 +492,55 @@ async fn the_admin_sees_sessions_and_activity_and_creates_kicks_and_disables_use
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_tab_notifies_direct_messages_and_mentions_only_and_the_page_fits_a_phone() {
+    let server = server();
+    let url = format!("http://{}/", server.http);
+    with_browsers("notify", 2, |browsers| async move {
+        let [alice, bob] = &browsers[..] else { unreachable!() };
+        // A phone-sized window: the sidebar goes above the conversation, all usable.
+        bob.set_window_size(390, 844).await.map_err(err("resizing"))?;
+        log_in(alice, &url, "alice", ALICE).await?;
+        log_in(bob, &url, "bob", BOB).await?;
+        if !find(bob, "#draft").await?.is_displayed().await.map_err(err("visibility"))? {
+            return Err("the message field is not visible on a phone-sized screen".into());
+        }
+        // Alice has allowed notifications and switched to another tab. The page is on
+        // 127.0.0.1, a secure context; the browser's notification API is recorded.
+        alice
+            .execute(
+                "window.__notes = [];
+                 window.Notification = function (title, options) { window.__notes.push([title, options.body]); };
+                 window.Notification.permission = 'granted';
+                 Object.defineProperty(document, 'hidden', { get: () => true });",
+                vec![],
+            )
+            .await
+            .map_err(err("preparing the page"))?;
+        send(bob, "just the room").await?;
+        send(bob, "hey @alice, look").await?;
+        find(bob, "#new-direct-name").await?.send_keys("alice").await.map_err(err("typing"))?;
+        click(bob, "#new-direct button").await?;
+        wait_text(bob, "#conv-title", |t| t == "@alice").await?;
+        send(bob, "a direct one").await?;
+        wait_for_line(bob, "a direct one").await?;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let notes = alice.execute("return window.__notes;", vec![]).await.map_err(err("reading"))?;
+            let notes: Vec<(String, String)> = serde_json::from_value(notes).map_err(|e| e.to_string())?;
+            if notes.len() >= 2 {
+                let expected = vec![
+                    ("bob in #general".to_string(), "hey @alice, look".to_string()),
+                    ("bob".to_string(), "a direct one".to_string()),
+                ];
+                return if notes == expected { Ok(()) } else { Err(format!("notifications: {notes:?}")) };
+            }
+            if Instant::now() > deadline {
+                return Err(format!("notifications: {notes:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
