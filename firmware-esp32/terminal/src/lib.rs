@@ -19,6 +19,8 @@
 pub mod backoff;
 pub mod command;
 pub mod line;
+#[cfg(feature = "embassy")]
+pub mod runner;
 pub mod settings;
 pub mod terminal;
 

@@ -110,8 +110,6 @@ pub struct Terminal {
     derived: Option<UserKey>,
     net: NetStatus,
     now: u64,
-    /// The server's clock minus ours, learned at login, for timestamps.
-    wall_offset: u64,
     history_before: Option<Seq>,
     received: Vec<u8, { FRAME + 4 }>,
     scratch: [u8; FRAME],
@@ -189,7 +187,6 @@ impl Terminal {
             derived: None,
             net: NetStatus::default(),
             now,
-            wall_offset: 0,
             history_before: None,
             received: Vec::new(),
             scratch: [0; FRAME],
@@ -232,6 +229,11 @@ impl Terminal {
     /// Moves bytes for the socket into `out`; returns how many bytes.
     pub fn take_transmit(&mut self, out: &mut [u8]) -> usize {
         take(&mut self.transmit, out)
+    }
+
+    /// Whether the terminal has work of its own (deriving a key): tick it again soon.
+    pub fn is_busy(&self) -> bool {
+        self.derivation.is_some()
     }
 
     /// Whether bytes wait for the socket.
@@ -472,15 +474,9 @@ impl Terminal {
             self.say(format_args!("! a message holds at most 2,048 bytes"));
             return;
         };
-        match session.queue_message(to.clone(), body) {
+        match session.queue_message(to, body) {
+            // Shown when the server delivers it back: with its time and in its place.
             Ok(_) => {
-                let (h, m) = clock(self.now_wall());
-                let me = self.settings.user.clone();
-                let me = me.as_ref().map_or("me", Name::as_str);
-                match &to {
-                    Target::Room(room) => self.say(format_args!("[{h:02}:{m:02}] #{room} <{me}> {text}")),
-                    Target::User(user) => self.say(format_args!("[{h:02}:{m:02}] -> @{user}: {text}")),
-                }
                 if !self.online {
                     self.say(format_args!("* offline: sent once reconnected"));
                 }
@@ -509,11 +505,6 @@ impl Terminal {
     }
 
     // ---- connection ----------------------------------------------------------
-
-    /// Wall-clock time of messages: the server's, learned at login; until then 0.
-    fn now_wall(&self) -> u64 {
-        self.now.saturating_add(self.wall_offset)
-    }
 
     fn start_session(&mut self) {
         let Some(user) = self.settings.user.clone() else { return };
@@ -751,7 +742,6 @@ impl Terminal {
             ServerMessage::Welcome(welcome) => {
                 self.online = true;
                 self.backoff.reset();
-                self.wall_offset = welcome.now.saturating_sub(self.now);
                 if self.settings.key.is_none()
                     && let Some(key) = &self.derived
                 {

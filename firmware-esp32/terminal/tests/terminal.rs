@@ -186,6 +186,9 @@ fn a_stored_key_logs_in_at_boot_and_messages_print_above_the_line_being_typed() 
     let bytes = server.deliver(2, "bob", Target::User(name("alice")), "psst");
     receive(&mut terminal, &bytes);
     assert!(console(&mut terminal).contains("[09:05] @bob> psst"));
+    // A message delivered twice (after a reconnect) is shown once.
+    receive(&mut terminal, &server.deliver(2, "bob", Target::User(name("alice")), "psst"));
+    assert!(!console(&mut terminal).contains("psst"));
 
     // Finishing the line sends it to the current room.
     terminal.on_serial(b"lo\r");
