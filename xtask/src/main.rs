@@ -9,6 +9,7 @@
 //! - `cargo xtask bench [proto|load]`: the criterion benchmarks and the load generator.
 //! - `cargo xtask web`: builds the browser client into `web-wasm/dist/`, which the
 //!   server embeds.
+//! - `cargo xtask firmware build | flash | monitor | sim`: the ESP32-C3 terminal.
 //! - `cargo xtask run`: builds the client and the server and starts the server.
 
 use std::env;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("run") => run_server(&args[1..]),
         Some("web") => web(),
+        Some("firmware") => firmware(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -58,6 +60,10 @@ Commands:
   fuzz [--secs N] [T..] run the fuzz targets (default: all, 60 s each)
   bench [proto|load|files]  criterion benchmarks; load test of a real server; file transfer rates
   web                   build the browser client into web-wasm/dist/ (the server embeds it)
+  firmware build        build the ESP32-C3 terminal: ELF and flashable image, with section sizes
+  firmware flash --port PORT   build and flash it (espflash)
+  firmware monitor [--port PORT]   watch its log output (espflash)
+  firmware sim          the terminal's host build against a local server, on a TAP device
   run [ARGS..]          build the client and the server, start the server (ARGS go to `casataa-server serve`)"
     );
 }
@@ -142,6 +148,8 @@ fn test() -> Result {
     // The server embeds the browser client, and its browser tests drive it.
     web()?;
     ensure_browser()?;
+    // The terminal must build for the real chip.
+    firmware_elf()?;
     // Tests run the binaries of other packages (the server's tests drive the `casataa`
     // client as a process): build them all first, so no test sees a stale binary.
     run(&cargo, ["build", "--workspace", "--bins"])?;
@@ -446,6 +454,202 @@ fn ensure_browser() -> Result {
         ["install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
         &[("DEBIAN_FRONTEND", "noninteractive")],
     )
+}
+
+/// The chip's crate: its own workspace, built for `riscv32imc-unknown-none-elf`.
+fn chip_dir() -> PathBuf {
+    project_root().join("firmware-esp32").join("chip")
+}
+
+/// Builds the chip binary (release); returns the ELF's path.
+fn firmware_elf() -> Result<PathBuf> {
+    ensure_toolchain()?;
+    // Run in the chip's directory so its `.cargo/config.toml` (target, linker) applies.
+    run_in(&chip_dir(), &cargo(), ["build", "--release", "--locked"], &[])?;
+    Ok(target_dir().join("riscv32imc-unknown-none-elf").join("release").join("casataa-terminal-chip"))
+}
+
+/// `cargo xtask firmware build | flash --port PORT | monitor [--port PORT] | sim`.
+fn firmware(args: &[String]) -> Result {
+    match args.first().map(String::as_str) {
+        Some("build") => firmware_build().map(|_| ()),
+        Some("flash") => {
+            let port = port_arg(&args[1..]).ok_or("usage: cargo xtask firmware flash --port PORT")?;
+            let elf = firmware_elf()?;
+            need_espflash()?;
+            let elf = elf.to_string_lossy().into_owned();
+            run("espflash", ["flash", "--chip", "esp32c3", "--port", &port, &elf])
+        }
+        Some("monitor") => {
+            need_espflash()?;
+            let mut espflash_args = vec!["monitor".to_owned(), "--chip".to_owned(), "esp32c3".to_owned()];
+            if let Some(port) = port_arg(&args[1..]) {
+                espflash_args.extend(["--port".to_owned(), port]);
+            }
+            run("espflash", &espflash_args)
+        }
+        Some("sim") => firmware_sim(),
+        _ => {
+            Err("usage: cargo xtask firmware build | flash --port PORT | monitor [--port PORT] | sim".into())
+        }
+    }
+}
+
+fn port_arg(args: &[String]) -> Option<String> {
+    let at = args.iter().position(|a| a == "--port")?;
+    args.get(at + 1).cloned()
+}
+
+fn need_espflash() -> Result {
+    if output("espflash", &["--version"]).is_some() {
+        return Ok(());
+    }
+    Err("espflash is not installed. Install it with:\n  sudo apt-get install -y libudev-dev pkg-config\n  \
+         cargo install espflash --locked"
+        .into())
+}
+
+/// Sizes of an ELF32 image's allocated sections, by name.
+fn elf_sections(elf: &[u8]) -> Result<Vec<(String, u64)>> {
+    let read16 = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let read32 =
+        |at: usize| elf.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    if elf.get(..5) != Some(b"\x7fELF\x01") {
+        return Err("not a 32-bit ELF file".into());
+    }
+    let table = read32(0x20).ok_or("truncated ELF header")?;
+    let entry = read16(0x2e).ok_or("truncated ELF header")?;
+    let count = read16(0x30).ok_or("truncated ELF header")?;
+    let names = read16(0x32).ok_or("truncated ELF header")?;
+    let names_at = read32(table + names * entry + 16).ok_or("bad section name table")?;
+    let mut sections = Vec::new();
+    for i in 0..count {
+        let header = table + i * entry;
+        let (Some(name), Some(flags), Some(size)) = (read32(header), read32(header + 8), read32(header + 20))
+        else {
+            return Err("truncated section header".into());
+        };
+        const ALLOC: usize = 2;
+        if flags & ALLOC == 0 {
+            continue;
+        }
+        let start = names_at + name;
+        let end =
+            elf.get(start..).and_then(|rest| rest.iter().position(|&b| b == 0)).map_or(start, |n| start + n);
+        let name = String::from_utf8_lossy(elf.get(start..end).unwrap_or_default()).into_owned();
+        sections.push((name, size as u64));
+    }
+    Ok(sections)
+}
+
+/// `cargo xtask firmware build`: the ELF, the flashable application image (written by
+/// `firmware-esp32/image`, espflash's own image code), and where the memory goes.
+fn firmware_build() -> Result<PathBuf> {
+    let elf = firmware_elf()?;
+    let out_dir = target_dir().join("firmware");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let image = out_dir.join("casataa-terminal-esp32c3.bin");
+    let manifest = project_root().join("firmware-esp32").join("image").join("Cargo.toml");
+    run(
+        &cargo(),
+        [
+            "run".as_ref(),
+            "--release".as_ref(),
+            "--locked".as_ref(),
+            "--quiet".as_ref(),
+            "--manifest-path".as_ref(),
+            manifest.as_os_str(),
+            "--".as_ref(),
+            elf.as_os_str(),
+            image.as_os_str(),
+        ],
+    )?;
+    let bytes = std::fs::read(&elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+    let sections = elf_sections(&bytes)?;
+    let sum = |prefixes: &[&str]| -> u64 {
+        sections
+            .iter()
+            .filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p)))
+            .map(|(_, size)| size)
+            .sum()
+    };
+    let image_size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+    eprintln!("\nxtask: ELF   {}", elf.display());
+    eprintln!(
+        "xtask: image {} ({} KiB; flash it at 0x10000, or use `cargo xtask firmware flash`)",
+        image.display(),
+        image_size / 1024
+    );
+    eprintln!(
+        "xtask: .text {} KiB (flash .text {} + RAM .rwtext/.trap {}), .rodata {} KiB, .data {} KiB, .bss {} KiB, stack {} KiB, heap {} KiB reclaimed from the bootloader + 32 KiB in .bss",
+        sum(&[".text", ".rwtext", ".trap"]) / 1024,
+        sum(&[".text"]) / 1024,
+        sum(&[".rwtext", ".trap"]) / 1024,
+        sum(&[".rodata", ".flash.appdesc"]) / 1024,
+        sum(&[".data"]) / 1024,
+        sum(&[".bss"]) / 1024,
+        sum(&[".stack"]) / 1024,
+        sum(&[".dram2_uninit"]) / 1024,
+    );
+    Ok(image)
+}
+
+/// `cargo xtask firmware sim`: a network namespace with a TAP device, a server in it
+/// (data in `./casataa-sim-data`), and the terminal's host build in this terminal with
+/// the console in raw mode. Everything is removed when the terminal exits (Ctrl-D).
+fn firmware_sim() -> Result {
+    const NAMESPACE: &str = "casataa-sim";
+    if output("id", &["-u"]).is_none_or(|uid| uid.trim() != "0") {
+        return Err("the simulator creates a network namespace and a TAP device: run it as root".into());
+    }
+    run(&cargo(), ["build", "--package", "casataa-terminal-host", "--package", "casataa-server", "--bins"])?;
+    let debug = target_dir().join("debug");
+    let data = project_root().join("casataa-sim-data");
+    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    let _ = Command::new("ip").args(["netns", "del", NAMESPACE]).status();
+    let in_ns = |args: &[&str]| run("ip", ["netns", "exec", NAMESPACE].iter().chain(args));
+    run("ip", ["netns", "add", NAMESPACE])?;
+    let result = (|| {
+        in_ns(&["ip", "link", "set", "lo", "up"])?;
+        in_ns(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"])?;
+        in_ns(&["ip", "addr", "add", "10.77.250.1/24", "dev", "tap0"])?;
+        in_ns(&["ip", "link", "set", "tap0", "up"])?;
+        let server = debug.join("casataa-server");
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", NAMESPACE])
+            .arg(&server)
+            .arg("--data")
+            .arg(&data)
+            .args(["serve", "--tcp", "10.77.250.1:5000", "--http", "10.77.250.1:8080"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))?;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        eprintln!(
+            "\nxtask: the server runs at 10.77.250.1:5000 (users: `{} --data {} user add NAME`).\n\
+             xtask: in the terminal: /server 10.77.250.1:5000, then /login NAME. Ctrl-D ends.\n",
+            server_path_hint(&debug),
+            data.display()
+        );
+        let _ = Command::new("stty").args(["raw", "-echo"]).stderr(std::process::Stdio::null()).status();
+        let state = data.join("terminal-settings");
+        let terminal = Command::new("ip")
+            .args(["netns", "exec", NAMESPACE])
+            .arg(debug.join("casataa-terminal-host"))
+            .args(["--tap", "tap0", "--ip", "10.77.250.2/24", "--state"])
+            .arg(&state)
+            .status();
+        let _ = Command::new("stty").arg("sane").stderr(std::process::Stdio::null()).status();
+        let _ = server.kill();
+        let _ = server.wait();
+        terminal.map(|_| ()).map_err(|e| format!("cannot start the terminal: {e}"))
+    })();
+    let _ = Command::new("ip").args(["netns", "del", NAMESPACE]).status();
+    result
+}
+
+fn server_path_hint(debug: &Path) -> String {
+    debug.join("casataa-server").display().to_string()
 }
 
 #[cfg(test)]

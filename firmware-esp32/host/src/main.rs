@@ -159,6 +159,11 @@ async fn main(spawner: Spawner) {
             if n == 0 {
                 break;
             }
+            // In raw mode (`cargo xtask firmware sim`) Ctrl-C and Ctrl-D arrive as bytes.
+            if buf[..n].iter().any(|&b| b == 0x03 || b == 0x04) {
+                print!("\r\n");
+                std::process::exit(0);
+            }
             let mut rest = &buf[..n];
             while !rest.is_empty() {
                 match STDIN.try_write(rest) {
