@@ -139,7 +139,9 @@ fn test() -> Result {
     ensure_toolchain()?;
     let cargo = cargo();
     run(&cargo, ["fmt", "--all", "--check"])?;
-    run_in(&project_root().join("fuzz"), &cargo, ["fmt", "--check"], &[])?;
+    for own_workspace in ["fuzz", "firmware-esp32/chip", "firmware-esp32/image"] {
+        run_in(&project_root().join(own_workspace), &cargo, ["fmt", "--check"], &[])?;
+    }
     run(&cargo, ["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     for target in NO_STD_TARGETS {
         run(&cargo, ["build", "--package", "casataa-proto", "--target", target])?;
@@ -148,8 +150,9 @@ fn test() -> Result {
     // The server embeds the browser client, and its browser tests drive it.
     web()?;
     ensure_browser()?;
-    // The terminal must build for the real chip.
+    // The terminal must build for the real chip, and pass clippy there too.
     firmware_elf()?;
+    run_in(&chip_dir(), &cargo, ["clippy", "--release", "--locked", "--", "-D", "warnings"], &[])?;
     // Tests run the binaries of other packages (the server's tests drive the `casataa`
     // client as a process): build them all first, so no test sees a stale binary.
     run(&cargo, ["build", "--workspace", "--bins"])?;
