@@ -303,6 +303,17 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
         seal_message(sealer, message, out, self.server_max_frame)
     }
 
+    /// Seals `frame[1..1 + plaintext_len]`, whatever it holds, as the next frame. For
+    /// tools that must send what no honest client would (the server's hostile-input
+    /// tests); a client sends messages with [`Self::seal`].
+    pub fn seal_plaintext(&mut self, frame: &mut [u8], plaintext_len: usize) -> Result<usize, SessionError> {
+        if self.state != State::Established {
+            return Err(SessionError::NotEstablished);
+        }
+        let sealer = self.sealer.as_mut().ok_or(SessionError::NotEstablished)?;
+        Ok(sealer.seal_in_place(frame, plaintext_len)?)
+    }
+
     /// Restores what a previous run of this client knew: the server it talked to and
     /// the highest sequence number it received there. Deliveries up to `delivered` are
     /// then dropped as duplicates; a welcome from another server resets it.
