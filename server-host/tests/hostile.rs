@@ -529,3 +529,45 @@ async fn a_passphrase_brute_force_slows_down_and_the_real_user_gets_in_from_else
     arena.bystanders_chat("after a brute force").await;
     arena.nothing_lost().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_connections_that_never_finish_the_handshake_are_shed() {
+    let mut arena = Arena::new().await;
+    let mut idle = Vec::with_capacity(5000);
+    for i in 0..5000 {
+        let mut socket = TcpStream::connect(&arena.server.tcp).await.expect("connect");
+        // Half send part of a length prefix, half nothing at all.
+        if i % 2 == 0 {
+            let _ = socket.write_all(&[0, 0]).await;
+        }
+        idle.push(socket);
+        if i % 1000 == 999 {
+            arena.bystanders_chat("while idle connections pile up").await;
+        }
+    }
+    arena.bystanders_chat("with 5,000 idle connections open").await;
+    // After the handshake deadline (2 s here) every one of them has been closed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut still_open = 0;
+    for socket in &mut idle {
+        let mut buf = [0u8; 64];
+        match timeout(Duration::from_millis(50), socket.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            // A refusal frame may come first; then the end.
+            Ok(Ok(_)) => {
+                if !matches!(timeout(Duration::from_secs(1), socket.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+                {
+                    still_open += 1;
+                }
+            }
+            Err(_) => still_open += 1,
+        }
+    }
+    assert_eq!(still_open, 0, "{still_open} of 5,000 idle connections were still open after the deadline");
+    drop(idle);
+    // The server takes new users as before.
+    let mut late = arena.server.connect("mallory", "pm").await.expect("a login after the flood");
+    late.send_text(general(), "after the flood".try_into().unwrap()).await.unwrap();
+    arena.bystanders_chat("after the flood").await;
+    arena.nothing_lost().await;
+}
