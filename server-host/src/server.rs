@@ -230,10 +230,12 @@ fn routes(
             })
         },
     );
-    let index = warp::path::end().and(warp::get()).map(|| crate::web::asset(""));
+    // HEAD too: hyper sends its headers without the body.
+    let read = || warp::get().or(warp::head()).unify();
+    let index = warp::path::end().and(read()).map(|| crate::web::asset(""));
     let asset = warp::path::param::<String>()
         .and(warp::path::end())
-        .and(warp::get())
+        .and(read())
         .map(|name: String| crate::web::asset(&name));
     ws.or(index).or(asset).recover(|_rejection: warp::Rejection| async {
         Ok::<_, std::convert::Infallible>(warp::reply::with_status(
