@@ -899,6 +899,7 @@ impl Live<'_> {
                 sha256,
                 to,
                 unreported: 0,
+                touched: unix_millis(),
                 unsynced: 0,
                 syncing: None,
             },
@@ -968,11 +969,18 @@ impl Live<'_> {
             return self.finish_upload(id).await;
         }
         if unreported >= WINDOW / 4 {
+            let now = unix_millis();
+            let mut touch = false;
             if let Some(upload) = self.uploads.get_mut(&id) {
                 upload.unreported = 0;
+                if now.saturating_sub(upload.touched) >= 1000 {
+                    upload.touched = now;
+                    touch = true;
+                }
             }
-            let now = unix_millis();
-            self.ctx.hub.store().write_detached(move |conn| store::touch_upload(conn, id, now)).await?;
+            if touch {
+                self.ctx.hub.store().write_detached(move |conn| store::touch_upload(conn, id, now)).await?;
+            }
             self.send(&ServerMessage::FileProgress { file: id, received })?;
         }
         Ok(())

@@ -74,6 +74,9 @@ pub struct Upload {
     pub to: Target,
     /// Chunks since the last progress report.
     pub unreported: u16,
+    /// When the store last heard the upload was alive (Unix ms); at most once a
+    /// second, so a fast upload does not turn into hundreds of commits a second.
+    pub touched: u64,
     /// Bytes written since the partial file was last synced.
     pub unsynced: u64,
     /// The sync in progress, if any.
