@@ -46,6 +46,7 @@ impl Arena {
             ("bob", "pb", false),
             ("mallory", "pm", false),
             ("reader", "pr", false),
+            ("root", "pk", true),
         ]);
         let alice = server.connect("alice", "pa").await.unwrap();
         let bob = server.connect("bob", "pb").await.unwrap();
@@ -578,5 +579,71 @@ async fn five_thousand_connections_that_never_finish_the_handshake_are_shed() {
     let mut late = arena.server.connect("mallory", "pm").await.expect("a login after the flood");
     late.send_text(general(), "after the flood".try_into().unwrap()).await.unwrap();
     arena.bystanders_chat("after the flood").await;
+    arena.nothing_lost().await;
+}
+
+/// Sends an admin request as root and returns the answer.
+async fn admin(root: &mut Client, req: u32, request: AdminRequest) -> AdminResult {
+    root.request(&ClientMessage::Admin { req, request }).await.unwrap();
+    timeout(
+        Duration::from_secs(10),
+        root.wait_for(|e| match e {
+            Event::Message(ServerMessage::AdminResult { req: r, result }) if *r == req => {
+                Some(result.clone())
+            }
+            _ => None,
+        }),
+    )
+    .await
+    .expect("an answer")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_user_may_come_back_and_a_disabled_one_may_not() {
+    let mut arena = Arena::new().await;
+    let mut root = arena.server.connect("root", "pk").await.unwrap();
+    let mut mallory = arena.server.connect("mallory", "pm").await.unwrap();
+
+    // A kick ends the session; a kick is not a ban.
+    assert_eq!(admin(&mut root, 1, AdminRequest::Kick { user: name("mallory") }).await, AdminResult::Done);
+    let closing = timeout(
+        Duration::from_secs(10),
+        mallory.wait_for(|e| match e {
+            Event::Message(ServerMessage::Closing { reason }) => Some(*reason),
+            _ => None,
+        }),
+    )
+    .await
+    .expect("the kicked session is told");
+    assert!(matches!(closing, Ok(casataa_proto::message::CloseReason::Kicked)), "{closing:?}");
+    let mut mallory = arena.server.connect("mallory", "pm").await.expect("a kicked user may log in again");
+    arena.bystanders_chat("after a kick").await;
+
+    // Disabled: the session ends and every new login is refused, like a wrong passphrase.
+    assert_eq!(
+        admin(&mut root, 2, AdminRequest::SetDisabled { user: name("mallory"), disabled: true }).await,
+        AdminResult::Done
+    );
+    let ended = timeout(Duration::from_secs(10), async {
+        loop {
+            if mallory.next_event().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the disabled user's session was not closed");
+    for _ in 0..3 {
+        assert!(arena.server.connect("mallory", "pm").await.is_err(), "a disabled user got in");
+    }
+    arena.bystanders_chat("after disabling").await;
+    assert_eq!(
+        admin(&mut root, 3, AdminRequest::SetDisabled { user: name("mallory"), disabled: false }).await,
+        AdminResult::Done
+    );
+    Raw::connect(&arena.server.tcp, "mallory", "pm", [4; 16], Some("127.0.0.4"))
+        .await
+        .expect("enabled again");
     arena.nothing_lost().await;
 }
