@@ -158,11 +158,23 @@ async fn log_in(browser: &Client, url: &str, user: &str, passphrase: &str) -> Ou
     let user_field = find(browser, "#login-user").await?;
     let to_form = started.elapsed();
     user_field.send_keys(user).await.map_err(err("typing the user name"))?;
-    find(browser, "#login-pass").await?.send_keys(passphrase).await.map_err(err("typing the passphrase"))?;
+    type_into(browser, "#login-pass", passphrase).await?;
     let submitted = Instant::now();
     find(browser, "#login-submit").await?.click().await.map_err(err("clicking log in"))?;
     wait_text(browser, "#conn-state", |t| t == "Connected").await?;
     Ok((to_form, submitted.elapsed()))
+}
+
+/// Types `text` into the field `css`.
+async fn type_into(browser: &Client, css: &str, text: &str) -> Outcome {
+    find(browser, css).await?.send_keys(text).await.map_err(|e| format!("typing into `{css}`: {e}"))
+}
+
+/// Opens the direct conversation with `user` from the sidebar.
+async fn open_direct(browser: &Client, user: &str) -> Outcome {
+    type_into(browser, "#new-direct-name", user).await?;
+    click(browser, "#new-direct button").await?;
+    wait_text(browser, "#conv-title", |t| t.strip_prefix('@') == Some(user)).await.map(|_| ())
 }
 
 async fn send(browser: &Client, text: &str) -> Outcome {
@@ -234,7 +246,7 @@ async fn two_browser_users_chat_and_a_wrong_passphrase_is_refused() {
 
         // A wrong passphrase: a clear message, and no chat.
         intruder.goto(&url).await.map_err(err("opening the page"))?;
-        find(intruder, "#login-user").await?.send_keys("alice").await.map_err(err("typing"))?;
+        type_into(intruder, "#login-user", "alice").await?;
         find(intruder, "#login-pass")
             .await?
             .send_keys("not alice's passphrase")
@@ -270,9 +282,7 @@ async fn a_direct_message_to_an_offline_user_appears_after_they_log_in() {
     with_browsers("offline", 2, |browsers| async move {
         let [alice, bob] = &browsers[..] else { unreachable!() };
         log_in(alice, &url, "alice", ALICE).await?;
-        find(alice, "#new-direct-name").await?.send_keys("bob").await.map_err(err("typing"))?;
-        click(alice, "#new-direct button").await?;
-        wait_text(alice, "#conv-title", |t| t == "@bob").await?;
+        open_direct(alice, "bob").await?;
         send(alice, "are you there, bob?").await?;
         wait_for_line(alice, "are you there, bob?").await?;
 
@@ -398,7 +408,7 @@ async fn files_sent_with_the_button_or_dropped_arrive_verified_with_the_same_byt
         log_in(bob, &url, "bob", BOB).await?;
 
         // With the button (the file input).
-        find(alice, "#file-input").await?.send_keys(&path.to_string_lossy()).await.map_err(err("picking"))?;
+        type_into(alice, "#file-input", &path.to_string_lossy()).await?;
         wait_text(alice, "#transfers li.upload.done .status", |t| t == "sent").await?;
         // Dropped on the conversation (a real DragEvent carrying a File).
         alice
@@ -469,11 +479,11 @@ async fn the_admin_sees_sessions_and_activity_and_creates_kicks_and_disables_use
         find(root, "#sessions tr.session[data-user='bob']").await?;
         // The activity log streams, and filters by user.
         find(root, "#activity li.activity[data-kind='connect']").await?;
-        find(root, "#activity-user").await?.send_keys("bob").await.map_err(err("filtering"))?;
+        type_into(root, "#activity-user", "bob").await?;
         wait_text(root, "#activity", |t| t.contains("bob") && !t.contains("alice")).await?;
 
         // Create a user; the passphrase is shown once and works.
-        find(root, "#create-user-name").await?.send_keys("carol").await.map_err(err("typing"))?;
+        type_into(root, "#create-user-name", "carol").await?;
         click(root, "#create-user button[type=submit]").await?;
         let passphrase = wait_text(root, "#created-passphrase", |t| t.len() >= 8).await?;
         find(root, "#users tr.user-row[data-user='carol']").await?;
@@ -520,9 +530,7 @@ async fn a_hidden_tab_notifies_direct_messages_and_mentions_only_and_the_page_fi
             .map_err(err("preparing the page"))?;
         send(bob, "just the room").await?;
         send(bob, "hey @alice, look").await?;
-        find(bob, "#new-direct-name").await?.send_keys("alice").await.map_err(err("typing"))?;
-        click(bob, "#new-direct button").await?;
-        wait_text(bob, "#conv-title", |t| t == "@alice").await?;
+        open_direct(bob, "alice").await?;
         send(bob, "a direct one").await?;
         wait_for_line(bob, "a direct one").await?;
         let deadline = Instant::now() + PATIENCE;

@@ -366,20 +366,11 @@ async fn a_non_admin_is_refused_every_admin_request_and_stays_harmless() {
     ];
     for (req, request) in requests.into_iter().enumerate() {
         let req = req as u32 + 1;
-        mallory.request(&ClientMessage::Admin { req, request }).await.unwrap();
-        let result = timeout(
-            Duration::from_secs(10),
-            mallory.wait_for(|e| match e {
-                Event::Message(ServerMessage::AdminResult { req: r, result }) if *r == req => {
-                    Some(result.clone())
-                }
-                _ => None,
-            }),
-        )
-        .await
-        .expect("an answer")
-        .unwrap();
-        assert_eq!(result, AdminResult::Failed(ErrorCode::Forbidden), "admin request {req}");
+        assert_eq!(
+            admin(&mut mallory, req, request).await,
+            AdminResult::Failed(ErrorCode::Forbidden),
+            "admin request {req}"
+        );
         arena.bystanders_chat("after an admin request").await;
     }
     // Nobody was kicked, disabled or created.
@@ -582,12 +573,12 @@ async fn five_thousand_connections_that_never_finish_the_handshake_are_shed() {
     arena.nothing_lost().await;
 }
 
-/// Sends an admin request as root and returns the answer.
-async fn admin(root: &mut Client, req: u32, request: AdminRequest) -> AdminResult {
-    root.request(&ClientMessage::Admin { req, request }).await.unwrap();
+/// Sends an admin request and returns the answer.
+async fn admin(client: &mut Client, req: u32, request: AdminRequest) -> AdminResult {
+    client.request(&ClientMessage::Admin { req, request }).await.unwrap();
     timeout(
         Duration::from_secs(10),
-        root.wait_for(|e| match e {
+        client.wait_for(|e| match e {
             Event::Message(ServerMessage::AdminResult { req: r, result }) if *r == req => {
                 Some(result.clone())
             }

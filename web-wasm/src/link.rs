@@ -271,12 +271,7 @@ impl Link {
                         let (done, total) = derivation.progress();
                         inner.derivation = Some(derivation);
                         events.push(LinkEvent::State(LinkState::Deriving { done, total }));
-                        let weak = link.weak();
-                        schedule(0, move || {
-                            if let Some(link) = Self::upgrade(&weak) {
-                                link.derive_slice(generation);
-                            }
-                        });
+                        link.next_slice(generation);
                     }
                 }
                 Ok(Some(ClientEvent::Refused(why))) => {
@@ -339,6 +334,16 @@ impl Link {
         });
     }
 
+    /// Runs the next KDF slice after the page had a chance to paint.
+    fn next_slice(&self, generation: u32) {
+        let weak = self.weak();
+        schedule(0, move || {
+            if let Some(link) = Self::upgrade(&weak) {
+                link.derive_slice(generation);
+            }
+        });
+    }
+
     fn derive_slice(&self, generation: u32) {
         self.with(|inner, link| {
             if generation != inner.generation {
@@ -358,12 +363,7 @@ impl Link {
                 }
                 None => {
                     let (done, total) = derivation.progress();
-                    let weak = link.weak();
-                    schedule(0, move || {
-                        if let Some(link) = Self::upgrade(&weak) {
-                            link.derive_slice(generation);
-                        }
-                    });
+                    link.next_slice(generation);
                     vec![LinkEvent::State(LinkState::Deriving { done, total })]
                 }
             }

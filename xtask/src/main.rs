@@ -239,10 +239,10 @@ fn fuzz(secs: u32, targets: &[String]) -> Result {
     let all: Vec<String> = FUZZ_TARGETS.iter().map(|t| (*t).to_owned()).collect();
     let targets = if targets.is_empty() { &all } else { targets };
     let root = project_root();
-    let target_dir = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let targets_dir = target_dir();
     for target in targets {
         // New inputs go to a scratch corpus; the seeds kept in the repository are read.
-        let scratch = target_dir.join("fuzz-corpus").join(target);
+        let scratch = targets_dir.join("fuzz-corpus").join(target);
         std::fs::create_dir_all(&scratch).map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
         let seeds = root.join("fuzz").join("corpus").join(target);
         let max_time = format!("-max_total_time={secs}");
@@ -289,10 +289,9 @@ fn bench(args: &[String]) -> Result {
     }
     if which != "proto" {
         run(&cargo(), ["build", "--release", "--package", "casataa-server", "--package", "casataa-cli"])?;
-        let target_dir =
-            env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from);
-        let release = target_dir.join("release");
-        let json = target_dir.join("bench").join(if which == "files" { "files.json" } else { "load.json" });
+        let targets_dir = target_dir();
+        let release = targets_dir.join("release");
+        let json = targets_dir.join("bench").join(if which == "files" { "files.json" } else { "load.json" });
         let mut load_args = vec![
             "--server-bin".to_owned(),
             release.join("casataa-server").to_string_lossy().into_owned(),
@@ -317,12 +316,11 @@ fn run_server(args: &[String]) -> Result {
     ensure_toolchain()?;
     web()?;
     run(&cargo(), ["build", "--release", "--package", "casataa-server", "--package", "casataa-cli"])?;
-    let target_dir =
-        env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from);
-    let server = target_dir.join("release").join("casataa-server");
+    let release = target_dir().join("release");
+    let server = release.join("casataa-server");
     let mut server_args = vec!["serve".to_owned()];
     server_args.extend(args.iter().cloned());
-    eprintln!("\nxtask: the command-line client is {}", target_dir.join("release").join("casataa").display());
+    eprintln!("\nxtask: the command-line client is {}", release.join("casataa").display());
     run(&server.to_string_lossy(), &server_args)
 }
 
@@ -385,13 +383,7 @@ fn web() -> Result {
             "xtask: wasm-opt not available (npm missing or offline); the client is built without it"
         ),
     }
-    let statics = root.join("web-wasm").join("static");
-    let entries =
-        std::fs::read_dir(&statics).map_err(|e| format!("cannot read {}: {e}", statics.display()))?;
-    for entry in entries.map_while(std::result::Result::ok) {
-        let to = staging.join(entry.file_name());
-        std::fs::copy(entry.path(), &to).map_err(|e| format!("cannot copy to {}: {e}", to.display()))?;
-    }
+    copy_dir(&root.join("web-wasm").join("static"), &staging)?;
     let _ = std::fs::remove_dir_all(&dist);
     copy_dir(&staging, &dist)?;
     let size = std::fs::metadata(dist.join("casataa_web_bg.wasm")).map(|m| m.len()).unwrap_or(0);
@@ -631,7 +623,7 @@ fn firmware_sim() -> Result {
         eprintln!(
             "\nxtask: the server runs at 10.77.250.1:5000 (users: `{} --data {} user add NAME`).\n\
              xtask: in the terminal: /server 10.77.250.1:5000, then /login NAME. Ctrl-D ends.\n",
-            server_path_hint(&debug),
+            debug.join("casataa-server").display(),
             data.display()
         );
         let _ = Command::new("stty").args(["raw", "-echo"]).stderr(std::process::Stdio::null()).status();
@@ -649,10 +641,6 @@ fn firmware_sim() -> Result {
     })();
     let _ = Command::new("ip").args(["netns", "del", NAMESPACE]).status();
     result
-}
-
-fn server_path_hint(debug: &Path) -> String {
-    debug.join("casataa-server").display().to_string()
 }
 
 #[cfg(test)]

@@ -265,7 +265,7 @@ fn the_terminal_chats_through_its_own_network_stack_and_survives_restarts() {
     assert!(seen.contains("hello from the serial console"), "{seen}");
     // Bob answers; the terminal shows it.
     lab.bob(&["send", "--to", "#general", "hi serial console"]);
-    at = terminal.wait_for("<bob> hi serial console", at);
+    terminal.wait_for("<bob> hi serial console", at);
 
     // The terminal goes away; a direct message waits; it comes back (settings kept,
     // so it logs in by itself) and shows it.
@@ -274,7 +274,6 @@ fn the_terminal_chats_through_its_own_network_stack_and_survives_restarts() {
     let mut terminal = TerminalProcess::start(&mut lab, &state);
     terminal.wait_for("* connected to", 0);
     let after_restart = terminal.wait_for("@bob> sent while you were away", 0);
-    assert!(at > 0);
 
     // The server restarts: the terminal notices, keeps what is typed meanwhile, comes
     // back, sends it, and receives again.

@@ -7,7 +7,7 @@
 //! arrays. Console output is drained before more socket bytes are handed over, so a
 //! burst from the server waits in the socket (and TCP flow control) rather than in RAM.
 
-use embassy_futures::select::{Either3, select3};
+use embassy_futures::select::{Either, Either3, select, select3};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpAddress, Stack};
 use embassy_time::{Duration, Instant, Timer, with_timeout};
@@ -120,11 +120,8 @@ where
             }
             continue;
         }
-        match select3(console.read(&mut input), Timer::after(tick(terminal)), core::future::pending::<()>())
-            .await
-        {
-            Either3::First(Ok(n)) => terminal.on_serial(input.get(..n).unwrap_or_default()),
-            Either3::First(Err(_)) | Either3::Second(()) | Either3::Third(()) => {}
+        if let Either::First(Ok(n)) = select(console.read(&mut input), Timer::after(tick(terminal))).await {
+            terminal.on_serial(input.get(..n).unwrap_or_default());
         }
     }
 }
