@@ -11,7 +11,10 @@
 //! - [`transport`]: frames over TCP and WebSocket; the two-lane bounded outbound queue.
 //! - [`files`]: file bytes on disk (partial uploads, content-addressed store) and the
 //!   per-session transfer state.
-//! - [`server`]: listeners, the HTTP routes, graceful shutdown.
+//! - [`server`]: listeners, background duties, graceful shutdown.
+//! - [`http`]: the HTTP(S) accept loop and routes: the page, its files, `/ws`.
+//! - [`tls`]: the certificate for HTTPS (self-signed and kept, or given).
+//! - [`lan`]: this machine's addresses and host name, for people and certificates.
 //! - [`web`]: the browser client, embedded at build time and served at `/`.
 //! - [`settings`]: configuration from defaults, file, environment and command line.
 
@@ -20,10 +23,13 @@
 
 pub mod connection;
 pub mod files;
+pub mod http;
 pub mod hub;
+pub mod lan;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod tls;
 pub mod transport;
 pub mod web;
 

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use casataa_proto::types::{Name, Role};
 use casataa_server::settings::Settings;
+use casataa_server::tls::CertificateSource;
 use casataa_server::{generate_passphrase, server, store, unix_millis};
 use clap::{Parser, Subcommand};
 
@@ -42,6 +43,16 @@ enum Command {
         /// The name shown to clients.
         #[arg(long, env = "CASATAA_NAME")]
         name: Option<String>,
+        /// Serve the web page over HTTPS with a self-signed certificate, made on the
+        /// first start and kept in DATA/tls/ (its SHA-256 fingerprint is printed).
+        #[arg(long, conflicts_with = "tls_cert")]
+        tls: bool,
+        /// Serve the web page over HTTPS with this certificate chain (PEM).
+        #[arg(long, env = "CASATAA_TLS_CERT", requires = "tls_key", value_name = "PATH")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, env = "CASATAA_TLS_KEY", requires = "tls_cert", value_name = "PATH")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage users (works while the server runs).
     User {
@@ -116,7 +127,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut settings = settings(&cli)?;
     match cli.command {
-        Command::Serve { tcp, http, name } => {
+        Command::Serve { tcp, http, name, tls, tls_cert, tls_key } => {
             if let Some(tcp) = tcp {
                 settings.tcp = tcp;
             }
@@ -125,6 +136,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(name) = name {
                 settings.server_name = name;
+            }
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                settings.tls = Some(CertificateSource::Files { cert, key });
+            } else if tls {
+                settings.tls = Some(CertificateSource::SelfSigned);
             }
             serve(settings)
         }
@@ -146,8 +162,29 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let data = settings.data_dir.clone();
         let bound = server::bind(settings).await?;
         println!("Casataa server \"{name}\" is running (data in {}).", data.display());
-        println!("  web page:     http://{}/", display_addr(bound.http_addr));
+        let scheme = if bound.tls.is_some() { "https" } else { "http" };
+        let interfaces = casataa_server::lan::interface_addresses();
+        // The first line of each kind is the one to use from this machine and the one
+        // scripts read; the others are the LAN addresses to give to other devices. The
+        // device port comes last: scripts may stop reading there.
+        let pages = casataa_server::lan::reachable(bound.http_addr, &interfaces);
+        let devices = casataa_server::lan::reachable(bound.tcp_addr, &interfaces);
+        println!("  web page:     {scheme}://{}/", display_addr(bound.http_addr));
+        for page in pages.iter().filter(|a| !a.ip().is_loopback()) {
+            println!("                {scheme}://{page}/");
+        }
+        if let Some(tls) = &bound.tls {
+            let made = if tls.generated { "made now, " } else { "" };
+            println!(
+                "  certificate:  {} ({made}compare in the browser before logging in)",
+                tls.cert_path.display()
+            );
+            println!("  SHA-256:      {}", casataa_server::tls::format_fingerprint(&tls.fingerprint));
+        }
         println!("  device port:  {}", display_addr(bound.tcp_addr));
+        for device in devices.iter().filter(|a| !a.ip().is_loopback()) {
+            println!("                {device}");
+        }
         if let Some(passphrase) = &bound.created_admin {
             println!();
             println!("First start: created the admin user. This passphrase is shown only once:");

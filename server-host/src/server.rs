@@ -1,4 +1,5 @@
-//! Listeners, HTTP routes and the server's life cycle: bind, serve, shut down cleanly.
+//! Listeners and the server's life cycle: bind, serve, shut down cleanly. The HTTP
+//! side lives in [`crate::http`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,16 +8,15 @@ use std::time::Duration;
 
 use casataa_proto::message::CloseReason;
 use casataa_proto::types::Role;
-use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use warp::Filter;
 
 use crate::connection::{self, Context};
 use crate::files::Disk;
 use crate::hub::Hub;
 use crate::settings::Settings;
 use crate::store::{self, Store};
+use crate::tls::Tls;
 use crate::transport::{FrameReader, FrameWriter};
 use crate::{generate_passphrase, unix_millis};
 
@@ -32,6 +32,8 @@ pub struct Bound {
     pub http_addr: SocketAddr,
     /// The passphrase of the `admin` user, if this start created it.
     pub created_admin: Option<String>,
+    /// HTTPS, when asked for.
+    pub tls: Option<Tls>,
 }
 
 /// Opens the store (creating `admin` on first start) and binds both listeners.
@@ -39,6 +41,13 @@ pub async fn bind(settings: Settings) -> anyhow::Result<Bound> {
     use anyhow::Context as _;
     let store = Store::open(&settings.data_dir, unix_millis())
         .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
+    let tls = match &settings.tls {
+        Some(source) => Some(
+            crate::tls::load(source, &settings.data_dir, &crate::lan::certificate_names())
+                .context("cannot set up HTTPS")?,
+        ),
+        None => None,
+    };
     let created_admin = create_first_admin(&store, settings.kdf_iterations).await?;
     let hub = Hub::new(store).await.context("cannot load rooms")?;
     let tcp = TcpListener::bind(settings.tcp)
@@ -57,6 +66,7 @@ pub async fn bind(settings: Settings) -> anyhow::Result<Bound> {
         tcp_addr,
         http_addr,
         created_admin,
+        tls,
     })
 }
 
@@ -86,7 +96,7 @@ impl Bound {
     /// Serves until `shutdown` completes, then stops accepting, closes every session
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Bound { context, tcp, http, .. } = self;
+        let Bound { context, tcp, http, tls, .. } = self;
         let limit = Arc::new(Semaphore::new(context.settings.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -94,16 +104,14 @@ impl Bound {
         let cleanup_task = tokio::spawn(clean_abandoned_uploads(context.clone(), stop_rx.clone()));
         let disabled_task = tokio::spawn(close_disabled_users(context.clone(), stop_rx.clone()));
         survive_file_size_limit();
-        let routes = routes(context.clone(), Arc::clone(&limit));
-        let mut http_stop = stop_rx.clone();
-        let http_task = tokio::spawn(
-            warp::serve(routes)
-                .incoming(http)
-                .graceful(async move {
-                    let _ = http_stop.wait_for(|stop| *stop).await;
-                })
-                .run(),
-        );
+        let http_task = tokio::spawn(crate::http::serve(
+            http,
+            tls,
+            context.clone(),
+            Arc::clone(&limit),
+            stop_rx.clone(),
+            Duration::from_secs(2),
+        ));
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, closing sessions");
@@ -115,7 +123,7 @@ impl Bound {
         // Sessions end once their goodbye is written; give them a moment.
         let all = u32::try_from(context.settings.max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(Duration::from_secs(5), limit.acquire_many(all)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), http_task).await;
         context.hub.store().flush().await?;
         tracing::info!("store flushed; goodbye");
         Ok(())
@@ -191,7 +199,9 @@ async fn accept_tcp(
     }
 }
 
-fn spawn_session(
+/// Starts the session of an accepted connection, or refuses it when the server is
+/// full.
+pub(crate) fn spawn_session(
     context: &Context,
     limit: &Arc<Semaphore>,
     reader: FrameReader,
@@ -211,38 +221,6 @@ fn spawn_session(
             tokio::spawn(connection::refuse_busy(writer));
         }
     }
-}
-
-fn routes(
-    context: Context,
-    limit: Arc<Semaphore>,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
-{
-    let max_frame = context.settings.max_frame as usize;
-    let ws = warp::path("ws").and(warp::path::end()).and(warp::ws()).and(warp::addr::remote()).map(
-        move |ws: warp::ws::Ws, remote: Option<SocketAddr>| {
-            let context = context.clone();
-            let limit = Arc::clone(&limit);
-            let peer = remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-            ws.max_message_size(max_frame).max_frame_size(max_frame).on_upgrade(move |socket| async move {
-                let (sink, stream) = socket.split();
-                spawn_session(&context, &limit, FrameReader::Ws(stream), FrameWriter::Ws(sink), peer);
-            })
-        },
-    );
-    // HEAD too: hyper sends its headers without the body.
-    let read = || warp::get().or(warp::head()).unify();
-    let index = warp::path::end().and(read()).map(|| crate::web::asset(""));
-    let asset = warp::path::param::<String>()
-        .and(warp::path::end())
-        .and(read())
-        .map(|name: String| crate::web::asset(&name));
-    ws.or(index).or(asset).recover(|_rejection: warp::Rejection| async {
-        Ok::<_, std::convert::Infallible>(warp::reply::with_status(
-            "not found\n",
-            warp::http::StatusCode::NOT_FOUND,
-        ))
-    })
 }
 
 /// A file-size limit (`ulimit -f`) reached while writing an upload must fail that

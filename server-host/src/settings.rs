@@ -8,6 +8,8 @@ use std::time::Duration;
 use casataa_proto::limits::{FRAME_MAX, KDF_DEFAULT_ITERATIONS};
 use serde::Deserialize;
 
+use crate::tls::CertificateSource;
+
 /// Everything a running server needs to know.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -47,6 +49,8 @@ pub struct Settings {
     pub kdf_iterations: u32,
     /// How long an upload nobody continues is kept for resuming.
     pub partial_ttl: Duration,
+    /// HTTPS for the web page, and where its certificate comes from.
+    pub tls: Option<CertificateSource>,
 }
 
 impl Settings {
@@ -71,6 +75,7 @@ impl Settings {
             user_quota: 10 << 30,
             kdf_iterations: KDF_DEFAULT_ITERATIONS,
             partial_ttl: Duration::from_secs(24 * 3600),
+            tls: None,
         }
     }
 
@@ -124,6 +129,15 @@ impl Settings {
         if let Some(v) = file.partial_ttl_secs {
             self.partial_ttl = Duration::from_secs_f64(v.max(1.0));
         }
+        match (file.tls, file.tls_cert, file.tls_key) {
+            (_, Some(cert), Some(key)) => self.tls = Some(CertificateSource::Files { cert, key }),
+            (_, Some(_), None) | (_, None, Some(_)) => {
+                return Err(format!("{}: tls_cert and tls_key go together", path.display()));
+            }
+            (Some(true), None, None) => self.tls = Some(CertificateSource::SelfSigned),
+            (Some(false), None, None) => self.tls = None,
+            (None, None, None) => {}
+        }
         if let Some(v) = file.kdf_iterations {
             self.kdf_iterations =
                 v.clamp(casataa_proto::limits::KDF_MIN_ITERATIONS, casataa_proto::limits::KDF_MAX_ITERATIONS);
@@ -153,6 +167,9 @@ struct FileConfig {
     user_quota: Option<u64>,
     kdf_iterations: Option<u32>,
     partial_ttl_secs: Option<f64>,
+    tls: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn default_server_name() -> String {

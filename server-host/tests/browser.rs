@@ -64,6 +64,9 @@ impl Driver {
                     "--disable-gpu",
                     "--disable-dev-shm-usage",
                     "--window-size=1200,900",
+                    // The HTTPS test's server has a self-signed certificate; the
+                    // transports suite checks that certificate itself.
+                    "--ignore-certificate-errors",
                 ],
             }),
         );
@@ -320,6 +323,28 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
             return Err(format!("an inline script ran: {ran}"));
         }
         Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_page_logs_in_and_chats_over_a_secure_websocket() {
+    let server = TestServer::start_with(
+        &[("alice", ALICE, false), ("bob", BOB, false), ("root", ROOT, true)],
+        "kdf_iterations = 100000\ntls = true",
+    );
+    let url = format!("https://{}/", server.http);
+    with_browsers("https", 2, |browsers| async move {
+        let [alice, bob] = &browsers[..] else { unreachable!() };
+        log_in(alice, &url, "alice", ALICE).await?;
+        log_in(bob, &url, "bob", BOB).await?;
+        let protocol =
+            alice.execute("return location.protocol;", vec![]).await.map_err(err("the protocol"))?;
+        if protocol != serde_json::json!("https:") {
+            return Err(format!("the page was loaded over {protocol}"));
+        }
+        send(alice, "sent from a page served over https").await?;
+        wait_for_line(bob, "sent from a page served over https").await
     })
     .await;
 }

@@ -107,6 +107,20 @@ impl TestServer {
         self.spawn_configured(command);
     }
 
+    /// Starts the server with more arguments after `serve` (on fresh loopback ports).
+    pub fn spawn_with_args(&mut self, args: &[&str]) {
+        let mut command = Command::new(server_binary());
+        command.arg("--data").arg(&self.data).args([
+            "serve",
+            "--tcp",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ]);
+        command.args(args);
+        self.spawn_configured(command);
+    }
+
     /// Starts the server with a file-size limit (as on a nearly full disk).
     pub fn spawn_with_file_size_limit(&mut self, bytes: u64) {
         let mut command = Command::new("prlimit");
@@ -143,7 +157,9 @@ impl TestServer {
                 tcp = Some(addr.trim().to_owned());
             }
             if let Some(url) = line.trim().strip_prefix("web page:") {
-                http = Some(url.trim().trim_start_matches("http://").trim_end_matches('/').to_owned());
+                let url = url.trim();
+                let url = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or(url);
+                http = Some(url.trim_end_matches('/').to_owned());
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
