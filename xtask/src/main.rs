@@ -21,7 +21,7 @@ use std::time::Instant;
 /// Targets the protocol crate must build for without std.
 const NO_STD_TARGETS: [&str; 2] = ["riscv32imc-unknown-none-elf", "wasm32-unknown-unknown"];
 /// Every cargo-fuzz target in `fuzz/`.
-const FUZZ_TARGETS: [&str; 2] = ["frame_decode", "server_handshake"];
+const FUZZ_TARGETS: [&str; 3] = ["frame_decode", "server_handshake", "server_session"];
 /// Seconds per fuzz target in `cargo xtask test`.
 const TEST_FUZZ_SECS: u32 = 20;
 
