@@ -334,6 +334,7 @@ async fn run_session(
     };
     queue.install_sealer(sealer);
     let registration = ctx.hub.register(&user, login.kind, addr.clone());
+    let _ = registration.stats.queue.set(Arc::downgrade(&queue));
     let kind = login.kind;
     // Recorded beside the login rather than before the welcome: a login does not wait
     // for a commit.
@@ -559,9 +560,11 @@ impl Live<'_> {
                 self.backlog = false;
                 return Ok(());
             };
+            let delivered = batch.len() as u64;
             for message in batch {
                 self.send(&ServerMessage::Deliver(message))?;
             }
+            self.registration.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
             self.sent_up_to = last;
         }
         self.backlog = true;

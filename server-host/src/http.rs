@@ -115,13 +115,29 @@ where
     }
 }
 
-/// `/ws` for sessions; `/` and the client's files for the page; 404 for anything else.
+/// `/ws` for sessions; `/metrics` (see [`crate::metrics`]); `/` and the client's
+/// files for the page; 404 for anything else.
 fn routes(
     context: Context,
     sessions: Arc<Semaphore>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
 {
     let max_frame = context.settings.max_frame as usize;
+    let (hub, access) = (Arc::clone(&context.hub), context.settings.metrics);
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::ext::get::<PeerAddr>())
+        .and_then(move |PeerAddr(peer): PeerAddr| {
+            let hub = Arc::clone(&hub);
+            async move {
+                if !access.allows(peer.ip()) {
+                    return Err(warp::reject::not_found());
+                }
+                let text = crate::metrics::render(&hub.metrics(), hub.store().commit_latency());
+                Ok(warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4; charset=utf-8"))
+            }
+        });
     let ws = warp::path("ws").and(warp::path::end()).and(warp::ws()).and(warp::ext::get::<PeerAddr>()).map(
         move |ws: warp::ws::Ws, PeerAddr(peer): PeerAddr| {
             let context = context.clone();
@@ -145,7 +161,7 @@ fn routes(
         .and(warp::path::end())
         .and(read())
         .map(|name: String| crate::web::asset(&name));
-    ws.or(index).or(asset).recover(|_rejection: warp::Rejection| async {
+    ws.or(metrics).or(index).or(asset).recover(|_rejection: warp::Rejection| async {
         Ok::<_, std::convert::Infallible>(warp::reply::with_status(
             "not found\n",
             warp::http::StatusCode::NOT_FOUND,

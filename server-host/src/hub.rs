@@ -16,6 +16,7 @@ use casataa_proto::message::{ActivityEvent, ActivityKind, CloseReason, Presence,
 use casataa_proto::types::{ClientKind, Name, Role, Target, truncated};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::metrics::{Snapshot, Totals};
 use crate::store::{NewActivity, Store, StoreError};
 use crate::unix_millis;
 
@@ -46,6 +47,10 @@ pub struct SessionStats {
     pub bytes_in: AtomicU64,
     /// Bytes sent.
     pub bytes_out: AtomicU64,
+    /// Chat messages delivered.
+    pub deliveries: AtomicU64,
+    /// The session's outbound queue, for the queue depths in `/metrics`.
+    pub queue: std::sync::OnceLock<std::sync::Weak<crate::transport::OutQueue>>,
 }
 
 /// Tells a session to close, out of band of its (possibly full) event queue.
@@ -127,6 +132,7 @@ pub struct Hub {
     throttle: Mutex<Throttle>,
     activity: broadcast::Sender<ActivityEvent>,
     next_session: AtomicU64,
+    totals: Totals,
 }
 
 impl std::fmt::Debug for Hub {
@@ -174,7 +180,51 @@ impl Hub {
             throttle: Mutex::new(Throttle::default()),
             activity,
             next_session: AtomicU64::new(1),
+            totals: Totals::default(),
         }))
+    }
+
+    /// Counters that outlive sessions.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Everything `/metrics` reports but the store's commit latency.
+    pub fn metrics(&self) -> Snapshot {
+        let totals = &self.totals;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut snapshot = Snapshot {
+            connections: load(&totals.connections),
+            refused_busy: load(&totals.refused_busy),
+            logins: load(&totals.logins),
+            failed_logins: load(&totals.failed_logins),
+            messages_in: load(&totals.ended_messages_in),
+            messages_out: load(&totals.ended_messages_out),
+            bytes_in: load(&totals.ended_bytes_in),
+            bytes_out: load(&totals.ended_bytes_out),
+            deliveries: load(&totals.ended_deliveries),
+            latest_seq: *self.store.latest_seq().borrow(),
+            ..Snapshot::default()
+        };
+        let state = self.state();
+        let mut users = std::collections::HashSet::new();
+        for session in state.sessions.values() {
+            let stats = &session.stats;
+            snapshot.sessions += 1;
+            users.insert(&session.user);
+            snapshot.messages_in += load(&stats.messages_in);
+            snapshot.messages_out += load(&stats.messages_out);
+            snapshot.bytes_in += load(&stats.bytes_in);
+            snapshot.bytes_out += load(&stats.bytes_out);
+            snapshot.deliveries += load(&stats.deliveries);
+            if let Some(queue) = stats.queue.get().and_then(std::sync::Weak::upgrade) {
+                let queued = queue.bytes() as u64;
+                snapshot.queued_bytes += queued;
+                snapshot.queued_bytes_max = snapshot.queued_bytes_max.max(queued);
+            }
+        }
+        snapshot.users_online = users.len() as u64;
+        snapshot
     }
 
     /// The store.
@@ -228,6 +278,16 @@ impl Hub {
     fn unregister(&self, id: u64) {
         let removed = self.state().sessions.remove(&id);
         if let Some(entry) = removed {
+            let (stats, totals) = (&entry.stats, &self.totals);
+            for (from, into) in [
+                (&stats.messages_in, &totals.ended_messages_in),
+                (&stats.messages_out, &totals.ended_messages_out),
+                (&stats.bytes_in, &totals.ended_bytes_in),
+                (&stats.bytes_out, &totals.ended_bytes_out),
+                (&stats.deliveries, &totals.ended_deliveries),
+            ] {
+                into.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
             let still_online = self.state().sessions.values().any(|s| s.user == entry.user);
             if !still_online {
                 let presence = Presence { user: entry.user.clone(), online: false, kind: entry.kind };
@@ -430,6 +490,7 @@ impl Hub {
     /// failure). Every failure waits at least `base`, so wrong passphrase, unknown user
     /// and disabled user take the same time; repeated failures double it.
     pub fn login_failed(&self, ip: IpAddr, base: Duration) -> Duration {
+        self.totals.failed_logins.fetch_add(1, Ordering::Relaxed);
         let mut throttle = self.throttle();
         let now = Instant::now();
         throttle.failures.retain(|_, (_, last)| now.duration_since(*last) < FAILURE_MEMORY);
@@ -454,6 +515,7 @@ impl Hub {
 
     /// Forgets the failures of `ip` after a successful login.
     pub fn login_succeeded(&self, ip: IpAddr) {
+        self.totals.logins.fetch_add(1, Ordering::Relaxed);
         self.throttle().failures.remove(&ip);
     }
 

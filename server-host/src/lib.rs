@@ -14,6 +14,7 @@
 //! - [`server`]: listeners, background duties, graceful shutdown.
 //! - [`http`]: the HTTP(S) accept loop and routes: the page, its files, `/ws`.
 //! - [`tls`]: the certificate for HTTPS (self-signed and kept, or given).
+//! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`lan`]: this machine's addresses and host name, for people and certificates.
 //! - [`web`]: the browser client, embedded at build time and served at `/`.
 //! - [`settings`]: configuration from defaults, file, environment and command line.
@@ -26,6 +27,7 @@ pub mod files;
 pub mod http;
 pub mod hub;
 pub mod lan;
+pub mod metrics;
 pub mod server;
 pub mod settings;
 pub mod store;

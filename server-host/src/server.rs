@@ -209,14 +209,17 @@ pub(crate) fn spawn_session(
     peer: SocketAddr,
 ) {
     let context = context.clone();
+    let totals = context.hub.totals();
     match Arc::clone(limit).try_acquire_owned() {
         Ok(permit) => {
+            totals.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(async move {
                 connection::serve(context, reader, writer, peer).await;
                 drop(permit);
             });
         }
         Err(_) => {
+            totals.refused_busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%peer, "connection limit reached; refusing");
             tokio::spawn(connection::refuse_busy(writer));
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use casataa_proto::limits::{FRAME_MAX, KDF_DEFAULT_ITERATIONS};
 use serde::Deserialize;
 
+use crate::metrics::MetricsAccess;
 use crate::tls::CertificateSource;
 
 /// Everything a running server needs to know.
@@ -51,6 +52,8 @@ pub struct Settings {
     pub partial_ttl: Duration,
     /// HTTPS for the web page, and where its certificate comes from.
     pub tls: Option<CertificateSource>,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsAccess,
 }
 
 impl Settings {
@@ -76,6 +79,7 @@ impl Settings {
             kdf_iterations: KDF_DEFAULT_ITERATIONS,
             partial_ttl: Duration::from_secs(24 * 3600),
             tls: None,
+            metrics: MetricsAccess::Loopback,
         }
     }
 
@@ -138,6 +142,9 @@ impl Settings {
             (Some(false), None, None) => self.tls = None,
             (None, None, None) => {}
         }
+        if let Some(v) = file.metrics {
+            self.metrics = v;
+        }
         if let Some(v) = file.kdf_iterations {
             self.kdf_iterations =
                 v.clamp(casataa_proto::limits::KDF_MIN_ITERATIONS, casataa_proto::limits::KDF_MAX_ITERATIONS);
@@ -170,6 +177,7 @@ struct FileConfig {
     tls: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    metrics: Option<MetricsAccess>,
 }
 
 fn default_server_name() -> String {

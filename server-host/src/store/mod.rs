@@ -19,6 +19,8 @@ use casataa_proto::types::{Seq, ServerId};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
+use crate::metrics::Histogram;
+
 pub use queries::{
     Appended, GENERAL, NewActivity, NewMessage, UserRecord, add_user, advance_cursor, append, create_room,
     cursor, history, join, leave, memberships, messages_for, new_credentials, recent_activity,
@@ -128,6 +130,7 @@ struct Inner {
     recent: Mutex<Recent>,
     server_id: ServerId,
     server_secret: [u8; 32],
+    commit_latency: Arc<Histogram>,
 }
 
 impl fmt::Debug for Store {
@@ -146,11 +149,13 @@ impl Store {
         let (latest, _) = watch::channel(latest_seq);
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_MAX);
         let writer_latest = latest.clone();
+        let commit_latency = Arc::new(Histogram::default());
+        let writer_latency = Arc::clone(&commit_latency);
         // The thread ends when the last `Store` handle is dropped; `flush` waits for
         // everything queued before that.
         thread::Builder::new()
             .name("casataa-store-writer".into())
-            .spawn(move || run_writer(conn, queue, writer_latest))
+            .spawn(move || run_writer(conn, queue, writer_latest, &writer_latency))
             .map_err(StoreError::Io)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -161,6 +166,7 @@ impl Store {
                 recent: Mutex::new(Recent { messages: Default::default(), covered_after: latest_seq }),
                 server_id,
                 server_secret,
+                commit_latency,
             }),
         })
     }
@@ -173,6 +179,11 @@ impl Store {
     /// The secret behind decoy salts.
     pub fn server_secret(&self) -> &[u8; 32] {
         &self.inner.server_secret
+    }
+
+    /// How long each batch took to commit.
+    pub fn commit_latency(&self) -> &Histogram {
+        &self.inner.commit_latency
     }
 
     /// The highest committed sequence number, and a way to wait for it to change.
@@ -356,7 +367,12 @@ impl Inner {
 }
 
 /// The writer loop: one transaction per batch of waiting jobs.
-fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Job>, latest: watch::Sender<Seq>) {
+fn run_writer(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Job>,
+    latest: watch::Sender<Seq>,
+    latency: &Histogram,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {
@@ -365,7 +381,9 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Job>, latest: watch::S
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let outcome = commit_batch(&mut conn, batch);
+        latency.record(started.elapsed());
         let (completions, result) = match outcome {
             Ok(completions) => (completions, Ok(())),
             Err((completions, e)) => {
