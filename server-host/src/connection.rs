@@ -68,10 +68,20 @@ thread_local! {
 pub struct Context {
     /// Shared state.
     pub hub: Arc<Hub>,
-    /// The configuration.
+    /// The configuration this connection runs with: the live settings as they were
+    /// when it was accepted (a reload on SIGHUP applies to the connections after it).
     pub settings: Arc<Settings>,
+    /// The live settings.
+    pub live: tokio::sync::watch::Receiver<Arc<Settings>>,
     /// Where file bytes live.
     pub disk: Disk,
+}
+
+impl Context {
+    /// This context with the live settings, for a new connection.
+    pub fn for_new_connection(&self) -> Self {
+        Self { settings: Arc::clone(&self.live.borrow()), ..self.clone() }
+    }
 }
 
 /// Why a connection ended, for the log.

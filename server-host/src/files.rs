@@ -29,6 +29,11 @@ impl Disk {
         Ok(Self { root: data_dir.to_path_buf() })
     }
 
+    /// The file areas of a data directory, as they are (nothing created).
+    pub fn at(data_dir: &Path) -> Self {
+        Self { root: data_dir.to_path_buf() }
+    }
+
     /// The partial file of an upload.
     pub fn partial(&self, id: FileId) -> PathBuf {
         self.root.join("partial").join(id.to_string())

@@ -30,7 +30,7 @@ pub struct PeerAddr(pub SocketAddr);
 /// requests in flight finish (at most `grace`).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<Tls>,
+    tls: watch::Receiver<Option<Tls>>,
     context: Context,
     sessions: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -57,7 +57,8 @@ pub async fn serve(
         let service = PeerService { inner: warp::service(routes.clone()), peer };
         let service = hyper_util::service::TowerToHyperService::new(service);
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        // The certificate in use now (a reload may have renewed it).
+        let tls = tls.borrow().clone();
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
@@ -123,13 +124,14 @@ fn routes(
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
 {
     let max_frame = context.settings.max_frame as usize;
-    let (hub, access) = (Arc::clone(&context.hub), context.settings.metrics);
+    let (hub, live) = (Arc::clone(&context.hub), context.live.clone());
     let metrics = warp::path("metrics")
         .and(warp::path::end())
         .and(warp::get())
         .and(warp::ext::get::<PeerAddr>())
         .and_then(move |PeerAddr(peer): PeerAddr| {
             let hub = Arc::clone(&hub);
+            let access = live.borrow().metrics;
             async move {
                 if !access.allows(peer.ip()) {
                     return Err(warp::reject::not_found());

@@ -32,33 +32,48 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server.
-    Serve {
-        /// Listener for devices and the command-line client.
-        #[arg(long, env = "CASATAA_TCP")]
-        tcp: Option<SocketAddr>,
-        /// Listener for the web page and WebSocket (`/ws`).
-        #[arg(long, env = "CASATAA_HTTP")]
-        http: Option<SocketAddr>,
-        /// The name shown to clients.
-        #[arg(long, env = "CASATAA_NAME")]
-        name: Option<String>,
-        /// Serve the web page over HTTPS with a self-signed certificate, made on the
-        /// first start and kept in DATA/tls/ (its SHA-256 fingerprint is printed).
-        #[arg(long, conflicts_with = "tls_cert")]
-        tls: bool,
-        /// Serve the web page over HTTPS with this certificate chain (PEM).
-        #[arg(long, env = "CASATAA_TLS_CERT", requires = "tls_key", value_name = "PATH")]
-        tls_cert: Option<PathBuf>,
-        /// The private key (PEM) of --tls-cert.
-        #[arg(long, env = "CASATAA_TLS_KEY", requires = "tls_cert", value_name = "PATH")]
-        tls_key: Option<PathBuf>,
-    },
+    /// Run the server (SIGHUP reloads the config file).
+    Serve(ServeArgs),
     /// Manage users (works while the server runs).
     User {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Copy the store (messages, users, files) into PATH while the server runs.
+    Backup {
+        /// A directory that does not exist yet, or is empty.
+        path: PathBuf,
+    },
+    /// Put a backup back (the server must be stopped); the replaced database is kept
+    /// beside it.
+    Restore {
+        /// A directory written by `backup`.
+        path: PathBuf,
+    },
+}
+
+/// `serve`'s flags: they override the config file, also on reload.
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// Listener for devices and the command-line client.
+    #[arg(long, env = "CASATAA_TCP")]
+    tcp: Option<SocketAddr>,
+    /// Listener for the web page and WebSocket (`/ws`).
+    #[arg(long, env = "CASATAA_HTTP")]
+    http: Option<SocketAddr>,
+    /// The name shown to clients.
+    #[arg(long, env = "CASATAA_NAME")]
+    name: Option<String>,
+    /// Serve the web page over HTTPS with a self-signed certificate, made on the
+    /// first start and kept in DATA/tls/ (its SHA-256 fingerprint is printed).
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls: bool,
+    /// Serve the web page over HTTPS with this certificate chain (PEM).
+    #[arg(long, env = "CASATAA_TLS_CERT", requires = "tls_key", value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "CASATAA_TLS_KEY", requires = "tls_cert", value_name = "PATH")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -112,10 +127,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn settings(cli: &Cli) -> anyhow::Result<Settings> {
-    let mut settings = Settings::defaults(cli.data.clone());
-    let config = cli.config.clone().or_else(|| {
-        let default = cli.data.join("casataa.toml");
+impl ServeArgs {
+    fn apply(&self, settings: &mut Settings) {
+        if let Some(tcp) = self.tcp {
+            settings.tcp = tcp;
+        }
+        if let Some(http) = self.http {
+            settings.http = http;
+        }
+        if let Some(name) = &self.name {
+            settings.server_name.clone_from(name);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            settings.tls = Some(CertificateSource::Files { cert: cert.clone(), key: key.clone() });
+        } else if self.tls {
+            settings.tls = Some(CertificateSource::SelfSigned);
+        }
+    }
+}
+
+/// The defaults, then the config file (`--config`, or `casataa.toml` in the data
+/// directory when it exists).
+fn load_settings(data: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    let mut settings = Settings::defaults(data.to_owned());
+    let config = config.map(std::path::Path::to_owned).or_else(|| {
+        let default = data.join("casataa.toml");
         default.exists().then_some(default)
     });
     if let Some(path) = config {
@@ -125,30 +161,59 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut settings = settings(&cli)?;
+    let settings = load_settings(&cli.data, cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { tcp, http, name, tls, tls_cert, tls_key } => {
-            if let Some(tcp) = tcp {
-                settings.tcp = tcp;
-            }
-            if let Some(http) = http {
-                settings.http = http;
-            }
-            if let Some(name) = name {
-                settings.server_name = name;
-            }
-            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-                settings.tls = Some(CertificateSource::Files { cert, key });
-            } else if tls {
-                settings.tls = Some(CertificateSource::SelfSigned);
-            }
-            serve(settings)
+        Command::Serve(args) => {
+            let config = (cli.data.clone(), cli.config.clone());
+            let load = move || {
+                let mut settings = load_settings(&config.0, config.1.as_deref())?;
+                args.apply(&mut settings);
+                Ok(settings)
+            };
+            serve(load()?, load)
         }
         Command::User { command } => user(&settings, command),
+        Command::Backup { path } => {
+            let report = store::backup(&settings.data_dir, &path).with_context(|| {
+                format!("cannot back up {} into {}", settings.data_dir.display(), path.display())
+            })?;
+            println!(
+                "backed up {} to {}: messages up to #{}, {} stored files and {} partial uploads ({} bytes of files)",
+                settings.data_dir.display(),
+                path.display(),
+                report.latest_seq,
+                report.contents,
+                report.partials,
+                report.file_bytes
+            );
+            Ok(())
+        }
+        Command::Restore { path } => {
+            let report = store::restore(&settings.data_dir, &path, unix_millis()).with_context(|| {
+                format!("cannot restore {} into {}", path.display(), settings.data_dir.display())
+            })?;
+            println!(
+                "restored {} into {}: messages up to #{}, {} files",
+                path.display(),
+                settings.data_dir.display(),
+                report.latest_seq,
+                report.files
+            );
+            if let Some(previous) = report.previous {
+                println!("the replaced database is kept as {}", previous.display());
+            }
+            println!(
+                "clients will see a new server id and receive again what their devices had not acknowledged"
+            );
+            Ok(())
+        }
     }
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
+fn serve(
+    settings: Settings,
+    reload: impl Fn() -> anyhow::Result<Settings> + Send + 'static,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -194,6 +259,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
+        server::reload_on_hangup(bound.reloader(), reload);
         bound.run(server::shutdown_signal()).await
     })
 }

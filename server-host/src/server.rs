@@ -23,6 +23,7 @@ use crate::{generate_passphrase, unix_millis};
 /// A server whose listeners are bound.
 #[derive(Debug)]
 pub struct Bound {
+    reloader: Reloader,
     context: Context,
     tcp: TcpListener,
     http: TcpListener,
@@ -59,8 +60,12 @@ pub async fn bind(settings: Settings) -> anyhow::Result<Bound> {
     let tcp_addr = tcp.local_addr()?;
     let http_addr = http.local_addr()?;
     let disk = Disk::new(&settings.data_dir).context("cannot create the file areas")?;
+    let settings = Arc::new(settings);
+    let (settings_tx, live) = watch::channel(Arc::clone(&settings));
+    let (tls_tx, _) = watch::channel(tls.clone());
     Ok(Bound {
-        context: Context { hub, settings: Arc::new(settings), disk },
+        reloader: Reloader { settings: Arc::new(settings_tx), tls: Arc::new(tls_tx) },
+        context: Context { hub, settings, live, disk },
         tcp,
         http,
         tcp_addr,
@@ -87,7 +92,64 @@ async fn create_first_admin(store: &Store, iterations: u32) -> anyhow::Result<Op
     }
 }
 
+/// Applies a new configuration to a running server (SIGHUP). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    settings: Arc<watch::Sender<Arc<Settings>>>,
+    tls: Arc<watch::Sender<Option<Tls>>>,
+}
+
+impl Reloader {
+    /// Applies `new` to the connections accepted from now on. Returns what could not
+    /// be applied without a restart (addresses, the connection limit, the frame size,
+    /// turning HTTPS on or off), or an error when the new certificate cannot be loaded
+    /// (then nothing changes).
+    pub fn apply(&self, new: Settings) -> anyhow::Result<Vec<String>> {
+        let old = Arc::clone(&self.settings.borrow());
+        let mut needs_restart = Vec::new();
+        let mut new = new;
+        if new.data_dir != old.data_dir {
+            needs_restart.push("data directory".to_owned());
+            new.data_dir = old.data_dir.clone();
+        }
+        if new.tcp != old.tcp {
+            needs_restart.push("tcp".to_owned());
+        }
+        if new.http != old.http {
+            needs_restart.push("http".to_owned());
+        }
+        if new.max_connections != old.max_connections {
+            needs_restart.push("max_connections".to_owned());
+            new.max_connections = old.max_connections;
+        }
+        if new.max_frame != old.max_frame {
+            needs_restart.push("max_frame".to_owned());
+            new.max_frame = old.max_frame;
+        }
+        match (&old.tls, &new.tls) {
+            (Some(_), Some(source)) => {
+                // Certificates are renewed: load the files again.
+                let tls = crate::tls::load(source, &new.data_dir, &crate::lan::certificate_names())
+                    .map_err(|e| anyhow::anyhow!("cannot reload the certificate: {e}"))?;
+                self.tls.send_replace(Some(tls));
+            }
+            (None, None) => {}
+            _ => {
+                needs_restart.push("tls".to_owned());
+                new.tls = old.tls.clone();
+            }
+        }
+        self.settings.send_replace(Arc::new(new));
+        Ok(needs_restart)
+    }
+}
+
 impl Bound {
+    /// Applies configuration changes while the server runs.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// The shared state (for tests and embedding).
     pub fn hub(&self) -> &Arc<Hub> {
         &self.context.hub
@@ -96,7 +158,7 @@ impl Bound {
     /// Serves until `shutdown` completes, then stops accepting, closes every session
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Bound { context, tcp, http, tls, .. } = self;
+        let Bound { context, tcp, http, reloader, .. } = self;
         let limit = Arc::new(Semaphore::new(context.settings.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -106,7 +168,7 @@ impl Bound {
         survive_file_size_limit();
         let http_task = tokio::spawn(crate::http::serve(
             http,
-            tls,
+            reloader.tls.subscribe(),
             context.clone(),
             Arc::clone(&limit),
             stop_rx.clone(),
@@ -149,13 +211,14 @@ async fn close_disabled_users(context: Context, mut stop: watch::Receiver<bool>)
 
 /// Deletes uploads nobody has continued for `partial_ttl`, now and then.
 async fn clean_abandoned_uploads(context: Context, mut stop: watch::Receiver<bool>) {
-    let period = (context.settings.partial_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
     loop {
+        let ttl = context.live.borrow().partial_ttl;
+        let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
         tokio::select! {
             () = tokio::time::sleep(period) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        let before = unix_millis().saturating_sub(context.settings.partial_ttl.as_millis() as u64);
+        let before = unix_millis().saturating_sub(ttl.as_millis() as u64);
         let store = context.hub.store();
         let Ok(ids) = store.read(move |conn| store::abandoned_uploads(conn, before)).await else { continue };
         for id in ids {
@@ -208,7 +271,7 @@ pub(crate) fn spawn_session(
     writer: FrameWriter,
     peer: SocketAddr,
 ) {
-    let context = context.clone();
+    let context = context.for_new_connection();
     let totals = context.hub.totals();
     match Arc::clone(limit).try_acquire_owned() {
         Ok(permit) => {
@@ -241,6 +304,35 @@ fn survive_file_size_limit() {
             });
         }
     }
+}
+
+/// On every SIGHUP, builds the settings again with `load` (the config file and the
+/// command line) and applies them; a config that does not load changes nothing.
+pub fn reload_on_hangup(reloader: Reloader, load: impl Fn() -> anyhow::Result<Settings> + Send + 'static) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reloading the config needs a restart");
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match load().and_then(|settings| reloader.apply(settings)) {
+                    Ok(needs_restart) if needs_restart.is_empty() => {
+                        tracing::info!("SIGHUP: config reloaded; it applies to new connections");
+                    }
+                    Ok(needs_restart) => tracing::warn!(
+                        "SIGHUP: config reloaded for new connections, except {} (takes a restart)",
+                        needs_restart.join(", ")
+                    ),
+                    Err(e) => tracing::error!("SIGHUP: config not reloaded, nothing changed: {e:#}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (reloader, load);
 }
 
 /// Resolves on SIGINT or SIGTERM.

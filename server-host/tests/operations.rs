@@ -130,3 +130,178 @@ async fn metrics_can_be_turned_off() {
     assert_eq!(http_get(&server, "/metrics").0, 404);
     assert_eq!(http_get(&server, "/").0, 200, "the page is still served");
 }
+
+/// `casataa-server --data DIR ARGS…`: success, and what it printed (stdout and stderr).
+fn server_command(data: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_casataa-server"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Every message in a store's database: seq → (sender, text).
+fn stored_messages(database: &std::path::Path) -> std::collections::BTreeMap<u64, (String, String)> {
+    use casataa_proto::message::Content;
+    let conn = rusqlite::Connection::open(database).unwrap();
+    let mut statement = conn.prepare("SELECT seq, sender, content FROM messages ORDER BY seq").unwrap();
+    let rows = statement
+        .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, Vec<u8>>(2)?)))
+        .unwrap();
+    rows.map(|row| {
+        let (seq, sender, content) = row.unwrap();
+        let text = match postcard::from_bytes::<Content>(&content).unwrap() {
+            Content::Text(text) => text.to_string(),
+            other => format!("{other:?}"),
+        };
+        (seq as u64, (sender, text))
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_during_a_send_load_restores_every_acknowledged_message() {
+    use casataa_cli::transfer;
+    let mut server =
+        TestServer::start(&[("alice", "pa", false), ("bob", "pb", false), ("carol", "pc", false)]);
+    // A file, so the backup carries file bytes too.
+    let source = server.data.with_extension("upload.bin");
+    std::fs::write(&source, vec![0x5au8; 300_000]).unwrap();
+    let mut uploader = server.connect("carol", "pc").await.unwrap();
+    let file =
+        transfer::upload(&mut uploader, &source, Target::Room(name("general")), |_, _| {}).await.unwrap();
+    let server_id_before = uploader.welcome().server_id;
+    uploader.close().await.unwrap();
+
+    // Three senders, each waiting for `Stored` before the next message; the time of
+    // each acknowledgement is kept.
+    let started = std::time::Instant::now();
+    let mut senders = Vec::new();
+    for (user, passphrase) in [("alice", "pa"), ("bob", "pb"), ("carol", "pc")] {
+        let mut client = server.connect(user, passphrase).await.unwrap();
+        senders.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..250 {
+                let text = format!("{user} {i}");
+                let seq = client
+                    .send_text(Target::Room(name("general")), text.as_str().try_into().unwrap())
+                    .await
+                    .unwrap();
+                acknowledged.push((seq, text, started.elapsed()));
+            }
+            acknowledged
+        }));
+    }
+    // The backup runs while they send.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let backup_dir = server.data.with_extension("backup");
+    let backup_started = started.elapsed();
+    let data = server.data.clone();
+    let dir = backup_dir.clone();
+    let (ok, printed) =
+        tokio::task::spawn_blocking(move || server_command(&data, &["backup", dir.to_str().unwrap()]))
+            .await
+            .unwrap();
+    assert!(ok, "{printed}");
+    let mut acknowledged = Vec::new();
+    for sender in senders {
+        acknowledged.extend(sender.await.unwrap());
+    }
+    let before_backup: Vec<_> = acknowledged.iter().filter(|(_, _, at)| *at <= backup_started).collect();
+    let after_backup = acknowledged.len() - before_backup.len();
+    assert!(!before_backup.is_empty() && after_backup > 0, "the backup ran during the load");
+    eprintln!(
+        "{} messages acknowledged before the backup began, {after_backup} during or after",
+        before_backup.len()
+    );
+
+    // A running server's store cannot be restored over.
+    let (ok, printed) = server_command(&server.data, &["restore", backup_dir.to_str().unwrap()]);
+    assert!(!ok && printed.contains("another casataa-server is using"), "{printed}");
+
+    assert!(server.terminate().success());
+    let (ok, printed) = server_command(&server.data, &["restore", backup_dir.to_str().unwrap()]);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("kept as"), "{printed}");
+
+    // Every message acknowledged before the backup began is there, once, with its text.
+    let restored = stored_messages(&server.data.join("casataa.sqlite3"));
+    for (seq, text, _) in &before_backup {
+        assert_eq!(restored.get(seq).map(|(_, t)| t), Some(text), "message #{seq} ({text})");
+    }
+    let texts: std::collections::HashSet<&String> = restored.values().map(|(_, t)| t).collect();
+    assert_eq!(texts.len(), restored.len(), "no text twice");
+    // Each sender's messages are in the order sent.
+    for user in ["alice", "bob", "carol"] {
+        let order: Vec<u32> = restored
+            .values()
+            .filter(|(sender, text)| sender == user && text.starts_with(user))
+            .map(|(_, text)| text.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] + 1 == w[1]), "{user}: {order:?}");
+    }
+
+    // The restored server runs, under a new id, and the file downloads verified.
+    server.spawn();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    assert_ne!(bob.welcome().server_id, server_id_before, "a restored store gets a new server id");
+    let out = server.data.with_extension("downloads");
+    std::fs::create_dir_all(&out).unwrap();
+    let (path, _) =
+        transfer::download(&mut bob, file, transfer::Destination::Directory(out.clone()), |_, _| {})
+            .await
+            .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&source).unwrap());
+    for dir in [backup_dir, out] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_directory_is_refused() {
+    let server = TestServer::start(&[]);
+    let (ok, printed) =
+        server_command(&server.data, &["serve", "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(printed.contains("another casataa-server is using"), "{printed}");
+    // The first one is unaffected.
+    assert_eq!(http_get(&server, "/").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_for_new_connections_and_a_broken_config_changes_nothing() {
+    let mut server = TestServer::start(&[("alice", "pa", false)]);
+    let mut before = server.connect("alice", "pa").await.unwrap();
+    let default_size = before.welcome().limits.max_file_size;
+    assert_ne!(default_size, 4096);
+
+    let config = server.data.join("casataa.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{original}max_file_size = 4096\nname = \"renamed on the fly\"\n"))
+        .unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reloaded = loop {
+        let client = server.connect("alice", "pa").await.unwrap();
+        if client.welcome().limits.max_file_size == 4096 {
+            break client;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reload never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reloaded.welcome().server_name.as_str(), "renamed on the fly");
+    // The connection from before goes on with what it was told.
+    before.send_text(Target::Room(name("general")), "still here".try_into().unwrap()).await.unwrap();
+
+    // A config that does not parse: logged, nothing changes, the server carries on.
+    std::fs::write(&config, format!("{original}max_file_size = \"lots\"\n")).unwrap();
+    server.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(server.is_running());
+    let after = server.connect("alice", "pa").await.unwrap();
+    assert_eq!(after.welcome().limits.max_file_size, 4096);
+}

@@ -7,6 +7,7 @@
 //! one fsync, not one each. Reads run on Tokio's blocking pool with their own
 //! connections; WAL lets them proceed while the writer commits.
 
+mod backup;
 mod queries;
 mod schema;
 
@@ -19,6 +20,7 @@ use casataa_proto::types::{Seq, ServerId};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
+pub use self::backup::{BackupReport, DataDirLock, RestoreReport, backup, restore};
 use crate::metrics::Histogram;
 
 pub use queries::{
@@ -70,6 +72,8 @@ pub enum StoreError {
     Closed,
     /// Creating the data directory failed.
     Io(std::io::Error),
+    /// Another server (or a restore) is using the data directory.
+    InUse(PathBuf),
 }
 
 impl fmt::Display for StoreError {
@@ -84,6 +88,9 @@ impl fmt::Display for StoreError {
             Self::NoSuchRoom => f.write_str("no such room"),
             Self::Closed => f.write_str("store is closed"),
             Self::Io(e) => write!(f, "{e}"),
+            Self::InUse(dir) => {
+                write!(f, "another casataa-server is using {} (stop it first)", dir.display())
+            }
         }
     }
 }
@@ -131,6 +138,8 @@ struct Inner {
     server_id: ServerId,
     server_secret: [u8; 32],
     commit_latency: Arc<Histogram>,
+    /// Held while the store is open: one server per data directory.
+    _lock: DataDirLock,
 }
 
 impl fmt::Debug for Store {
@@ -142,6 +151,7 @@ impl fmt::Debug for Store {
 impl Store {
     /// Opens the store in `data_dir` and starts its writer thread.
     pub fn open(data_dir: &Path, now: u64) -> Result<Self, StoreError> {
+        let lock = DataDirLock::acquire(data_dir)?;
         let conn = open_for_admin(data_dir, now)?;
         let server_id = queries::meta_bytes::<16>(&conn, "server_id")?;
         let server_secret = queries::meta_bytes::<32>(&conn, "server_secret")?;
@@ -167,6 +177,7 @@ impl Store {
                 server_id,
                 server_secret,
                 commit_latency,
+                _lock: lock,
             }),
         })
     }
