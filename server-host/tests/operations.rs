@@ -305,3 +305,94 @@ async fn sighup_reloads_the_config_for_new_connections_and_a_broken_config_chang
     let after = server.connect("alice", "pa").await.unwrap();
     assert_eq!(after.welcome().limits.max_file_size, 4096);
 }
+
+/// The `[Service]` settings of the unit file in `dist/systemd/`.
+fn unit_service_settings() -> (String, HashMap<String, String>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd/casataa.service");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut section = String::new();
+    let mut service = HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if section == "Service" {
+            let (key, value) = line.split_once('=').expect("key=value");
+            service.insert(key.to_owned(), value.to_owned());
+        }
+    }
+    (text, service)
+}
+
+#[test]
+fn the_systemd_unit_starts_the_server_in_its_state_directory_and_reloads_it_with_sighup() {
+    use std::io::BufRead as _;
+    let (text, service) = unit_service_settings();
+    assert_eq!(service["User"], "casataa");
+    assert_eq!(service["StateDirectory"], "casataa", "the data lives in /var/lib/casataa");
+    assert_eq!(service["ExecReload"], "/bin/kill -HUP $MAINPID");
+    let exec_start = &service["ExecStart"];
+    assert!(exec_start.contains("--data /var/lib/casataa serve"), "{exec_start}");
+
+    // Run the unit's ExecStart with the built binary and a scratch state directory
+    // (loopback ports from the environment, which the unit leaves to the config).
+    let state = std::env::temp_dir().join(format!("casataa-unit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let binary = env!("CARGO_BIN_EXE_casataa-server");
+    let mut words = exec_start.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/casataa-server"));
+    let args: Vec<String> = words.map(|w| w.replace("/var/lib/casataa", state.to_str().unwrap())).collect();
+    /// Kills the server if the test fails half-way.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(binary)
+        .args(&args)
+        .env("CASATAA_TCP", "127.0.0.1:0")
+        .env("CASATAA_HTTP", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = KillOnDrop(child);
+    // The first start ends its message with how to change the admin's passphrase.
+    let printed: Vec<String> =
+        lines.map_while(Result::ok).take_while(|l| !l.contains("Change it with")).collect();
+    assert!(
+        printed.iter().any(|l| l.contains("passphrase:")),
+        "the first start creates the admin: {printed:?}"
+    );
+    assert!(state.join("casataa.sqlite3").exists());
+
+    // ExecReload, as systemd runs it.
+    let reload = service["ExecReload"].replace("$MAINPID", &child.0.id().to_string());
+    assert!(std::process::Command::new("sh").args(["-c", &reload]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP reloads, it does not stop the server");
+    // KillSignal: a clean stop.
+    assert_eq!(service["KillSignal"], "SIGTERM");
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&state);
+
+    // systemd's own check of the unit, where systemd is installed.
+    if let Ok(out) = std::process::Command::new("systemd-analyze").arg("--version").output()
+        && out.status.success()
+    {
+        let copy = std::env::temp_dir().join(format!("casataa-{}.service", std::process::id()));
+        std::fs::write(&copy, text.replace("/usr/local/bin/casataa-server", binary)).unwrap();
+        let verify = std::process::Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+        let _ = std::fs::remove_file(&copy);
+        assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    } else {
+        eprintln!("systemd-analyze is not installed: the unit's syntax was not checked by systemd");
+    }
+}
