@@ -8,11 +8,13 @@
 //! - [`state`]: the device identity and delivery watermark kept between runs.
 //! - [`json`]: the one-object-per-line output of `--json`.
 //! - [`transfer`]: file upload and download, windowed, resumable, verified.
+//! - [`discovery`]: finding servers on the LAN (mDNS / DNS-SD).
 
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod client;
+pub mod discovery;
 pub mod json;
 pub mod state;
 pub mod transfer;

@@ -20,9 +20,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "casataa", version, about = "Casataa: encrypted LAN chat — the command-line client")]
 struct Cli {
-    /// The server's device port, HOST:PORT.
-    #[arg(long, global = true, env = "CASATAA_SERVER", default_value = "127.0.0.1:5000")]
-    server: String,
+    /// The server's device port, HOST:PORT (default: the server found on the LAN,
+    /// else localhost:5000).
+    #[arg(long, global = true, env = "CASATAA_SERVER")]
+    server: Option<String>,
     /// Who you are.
     #[arg(long, global = true, env = "CASATAA_USER")]
     user: Option<String>,
@@ -35,6 +36,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List the Casataa servers on the LAN (mDNS / DNS-SD).
+    Discover {
+        /// How long to listen for answers.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        /// One JSON object per line: name, host, addresses, port, version, web.
+        #[arg(long)]
+        json: bool,
+    },
     /// Chat interactively: type to send; /help lists the commands.
     Chat,
     /// Send one message; exits 0 once the server has stored it.
@@ -187,7 +197,7 @@ async fn connect(cli: &Cli, acknowledge: bool) -> anyhow::Result<Session> {
     let state = UserState::new(&root, &user);
     let device = state.device().with_context(|| format!("cannot keep state in {}", root.display()))?;
     let options = ConnectOptions {
-        server: cli.server.clone(),
+        server: choose_server(cli).await?,
         user,
         secret: Secret::Passphrase(passphrase),
         device,
@@ -204,8 +214,91 @@ async fn connect(cli: &Cli, acknowledge: bool) -> anyhow::Result<Session> {
     Ok(Session { client, state })
 }
 
+/// `--server`, or the one server found on the LAN (asking which when there are
+/// several and someone can answer), or localhost when none answers.
+async fn choose_server(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(server) = &cli.server {
+        return Ok(server.clone());
+    }
+    let found = tokio::task::spawn_blocking(|| casataa_cli::discovery::discover(DISCOVERY_WAIT))
+        .await
+        .context("the search for servers stopped")?;
+    let mut servers = match found {
+        Ok(servers) => servers,
+        Err(e) => {
+            eprintln!("casataa: {e}; trying {LOCAL_SERVER}");
+            return Ok(LOCAL_SERVER.to_owned());
+        }
+    };
+    let describe = |s: &casataa_cli::discovery::Server| {
+        format!("{} at {}", s.name, s.device_addr().map(|a| a.to_string()).unwrap_or_default())
+    };
+    let chosen =
+        match servers.len() {
+            0 => {
+                eprintln!(
+                    "casataa: no server announced itself on the LAN; trying {LOCAL_SERVER} (or give --server)"
+                );
+                return Ok(LOCAL_SERVER.to_owned());
+            }
+            1 => servers.remove(0),
+            _ if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() => {
+                eprintln!("Servers on the LAN:");
+                for (i, server) in servers.iter().enumerate() {
+                    eprintln!("  {}. {}", i + 1, describe(server));
+                }
+                eprint!("Which one? [1-{}] ", servers.len());
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer).context("cannot read the answer")?;
+                let index: usize =
+                    answer.trim().parse().ok().filter(|i| (1..=servers.len()).contains(i)).with_context(
+                        || format!("{:?} is not one of 1 to {}", answer.trim(), servers.len()),
+                    )?;
+                servers.remove(index - 1)
+            }
+            _ => {
+                let list: Vec<String> = servers.iter().map(describe).collect();
+                bail!("several servers on the LAN ({}); choose one with --server", list.join("; "))
+            }
+        };
+    let addr = chosen.device_addr().context("the server found has no address")?;
+    eprintln!("casataa: using {}", describe(&chosen));
+    Ok(addr.to_string())
+}
+
+/// How long a command without `--server` listens for servers.
+const DISCOVERY_WAIT: Duration = Duration::from_millis(1500);
+/// Where to look when no server answers.
+const LOCAL_SERVER: &str = "127.0.0.1:5000";
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Discover { secs, json } => {
+            let wait = Duration::from_secs_f64(secs.clamp(0.1, 60.0));
+            let servers = tokio::task::spawn_blocking(move || casataa_cli::discovery::discover(wait))
+                .await
+                .context("the search for servers stopped")??;
+            if *json {
+                for server in &servers {
+                    println!("{}", casataa_cli::discovery::json(server));
+                }
+            } else if servers.is_empty() {
+                println!("no Casataa server answered on the LAN");
+            } else {
+                for server in &servers {
+                    let addresses: Vec<String> = server.addresses.iter().map(ToString::to_string).collect();
+                    println!("{}", server.name);
+                    println!("  addresses:    {}", addresses.join(", "));
+                    println!("  device port:  {}", server.port);
+                    if let Some(url) = server.web_url() {
+                        println!("  web page:     {url}");
+                    }
+                    println!("  version:      {}", server.version.as_deref().unwrap_or("unknown"));
+                    println!("  host:         {}", server.host);
+                }
+            }
+            Ok(())
+        }
         Command::Send { to, text } => {
             let to = parse_target(to)?;
             let text = body(&text.join(" "))?;

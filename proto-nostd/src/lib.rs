@@ -30,6 +30,7 @@
 
 pub mod aead;
 pub mod ccm_mode;
+pub mod discovery;
 pub mod frame;
 pub mod handshake;
 pub mod limits;

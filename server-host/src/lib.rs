@@ -15,6 +15,7 @@
 //! - [`http`]: the HTTP(S) accept loop and routes: the page, its files, `/ws`.
 //! - [`tls`]: the certificate for HTTPS (self-signed and kept, or given).
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`discovery`]: announcing the server on the LAN (mDNS / DNS-SD).
 //! - [`lan`]: this machine's addresses and host name, for people and certificates.
 //! - [`web`]: the browser client, embedded at build time and served at `/`.
 //! - [`settings`]: configuration from defaults, file, environment and command line.
@@ -23,6 +24,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod connection;
+pub mod discovery;
 pub mod files;
 pub mod http;
 pub mod hub;

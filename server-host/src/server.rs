@@ -150,6 +150,27 @@ impl Bound {
         self.reloader.clone()
     }
 
+    /// Starts announcing the server on the LAN, unless `mdns = false` or it listens
+    /// on loopback only. A failure is logged, not fatal: the server works without.
+    fn announce(&self) -> Option<crate::discovery::Announcer> {
+        if !self.context.settings.mdns {
+            return None;
+        }
+        let what = crate::discovery::Announcement {
+            name: self.context.settings.server_name.clone(),
+            tcp: self.tcp_addr,
+            http: self.http_addr,
+            https: self.tls.is_some(),
+        };
+        match crate::discovery::announce(&what) {
+            Ok(announcer) => announcer,
+            Err(e) => {
+                tracing::warn!("cannot announce the server on the LAN (mDNS): {e}");
+                None
+            }
+        }
+    }
+
     /// The shared state (for tests and embedding).
     pub fn hub(&self) -> &Arc<Hub> {
         &self.context.hub
@@ -158,6 +179,7 @@ impl Bound {
     /// Serves until `shutdown` completes, then stops accepting, closes every session
     /// and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let announcer = self.announce();
         let Bound { context, tcp, http, reloader, .. } = self;
         let limit = Arc::new(Semaphore::new(context.settings.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -177,6 +199,10 @@ impl Bound {
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, closing sessions");
+        if let Some(announcer) = announcer {
+            // Goodbyes first, so browsers drop the server before it stops answering.
+            let _ = tokio::task::spawn_blocking(move || announcer.stop()).await;
+        }
         let _ = stop_tx.send(true);
         let _ = tcp_task.await;
         let _ = cleanup_task.await;

@@ -54,6 +54,8 @@ pub struct Settings {
     pub tls: Option<CertificateSource>,
     /// Who may read `/metrics`.
     pub metrics: MetricsAccess,
+    /// Announce the server on the LAN (mDNS / DNS-SD).
+    pub mdns: bool,
 }
 
 impl Settings {
@@ -80,6 +82,7 @@ impl Settings {
             partial_ttl: Duration::from_secs(24 * 3600),
             tls: None,
             metrics: MetricsAccess::Loopback,
+            mdns: true,
         }
     }
 
@@ -142,6 +145,9 @@ impl Settings {
             (Some(false), None, None) => self.tls = None,
             (None, None, None) => {}
         }
+        if let Some(v) = file.mdns {
+            self.mdns = v;
+        }
         if let Some(v) = file.metrics {
             self.metrics = v;
         }
@@ -178,6 +184,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     metrics: Option<MetricsAccess>,
+    mdns: Option<bool>,
 }
 
 fn default_server_name() -> String {
