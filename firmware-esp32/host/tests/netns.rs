@@ -38,14 +38,17 @@ struct Lab {
 
 impl Lab {
     fn new() -> Self {
+        // Tests run in parallel threads of one process: a lab per test.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let pid = std::process::id();
-        let name = format!("casataa-t{pid}");
+        let nth = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("casataa-t{pid}-{nth}");
         let subnet = (pid % 200) as u8 + 20;
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         let lab = Self {
             name,
             subnet,
-            data: std::env::temp_dir().join(format!("casataa-netns-{pid}")),
+            data: std::env::temp_dir().join(format!("casataa-netns-{pid}-{nth}")),
             processes: Vec::new(),
         };
         let _ = std::fs::remove_dir_all(&lab.data);
@@ -288,4 +291,30 @@ fn the_terminal_chats_through_its_own_network_stack_and_survives_restarts() {
     terminal.wait_for("<bob> after the restart", at);
     let once = terminal.output.lock().unwrap().matches("<alice> typed while the server was down").count();
     assert_eq!(once, 1, "the line typed offline was shown {once} times");
+}
+
+#[test]
+fn with_server_auto_the_terminal_finds_the_server_with_mdns() {
+    if run("id", &["-u"]).trim() != "0" {
+        panic!("this test creates network namespaces and TAP devices: run it as root (CI does)");
+    }
+    let mut lab = Lab::new();
+    lab.add_user("alice", "alice's passphrase on the lan");
+    let key = lab.user_key("alice");
+    lab.start_server();
+    let state = lab.data.join("terminal-settings");
+
+    // No /server: the default is `auto`.
+    let mut terminal = TerminalProcess::start(&mut lab, &state);
+    terminal.wait_for("/help lists the commands", 0);
+    terminal.type_line("/login alice");
+    terminal.wait_for("Passphrase for alice", 0);
+    terminal.type_line(&key);
+    let found = format!(" at {}:5000", lab.host_ip());
+    let at = terminal.wait_for(&found, 0);
+    let shown = terminal.output.lock().unwrap().clone();
+    assert!(shown.contains("* found casataa"), "the server's name is shown: {shown}");
+    let at = terminal.wait_for("* connected to", at);
+    terminal.type_line("found you by name");
+    terminal.wait_for("<alice> found you by name", at);
 }

@@ -2,7 +2,8 @@
 //!
 //! The logic of the ESP32-C3 serial terminal, apart from any hardware: the line
 //! being typed ([`line`]), what a line means ([`command`]), what is kept in flash
-//! ([`settings`]), when to reconnect ([`backoff`]), and the terminal itself
+//! ([`settings`]), when to reconnect ([`backoff`]), finding the server on the LAN
+//! ([`mdns`]), and the terminal itself
 //! ([`terminal`]), a sans-IO state machine that drives the shared client session of
 //! `casataa-proto`. The chip binary (`firmware-esp32/chip/`) and the host build
 //! (`firmware-esp32/host/`) only move bytes between it and a console, a socket, a
@@ -19,6 +20,7 @@
 pub mod backoff;
 pub mod command;
 pub mod line;
+pub mod mdns;
 #[cfg(feature = "embassy")]
 pub mod runner;
 pub mod settings;

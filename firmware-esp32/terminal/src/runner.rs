@@ -9,10 +9,12 @@
 
 use embassy_futures::select::{Either, Either3, select, select3};
 use embassy_net::tcp::TcpSocket;
+use embassy_net::udp::{PacketMetadata, UdpSocket};
 use embassy_net::{IpAddress, Stack};
 use embassy_time::{Duration, Instant, Timer, with_timeout};
 use embedded_io_async::{Read, Write};
 
+use crate::mdns;
 use crate::settings::SETTINGS_MAX;
 use crate::terminal::{Action, FRAME, NetStatus, TRANSMIT};
 use crate::{Settings, Terminal};
@@ -23,6 +25,10 @@ const TICK: Duration = Duration::from_millis(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Socket buffers.
 const SOCKET_BUFFER: usize = FRAME + 4;
+/// How long a search for the server listens for answers.
+const DISCOVERY_TIME: Duration = Duration::from_secs(3);
+/// When the question is asked again, in case the first was lost.
+const DISCOVERY_REPEAT: Duration = Duration::from_secs(1);
 
 /// What the runner needs from the device besides the network and the console.
 pub trait Device {
@@ -75,22 +81,64 @@ async fn drain_console<C: Write>(terminal: &mut Terminal, console: &mut C) {
     let _ = console.flush().await;
 }
 
-/// Handles the actions that need no socket; returns a connection request if any.
-fn actions<D: Device>(
-    terminal: &mut Terminal,
-    device: &mut D,
-) -> (Option<(heapless::String<64>, u16)>, bool) {
-    let mut connect = None;
+/// What the runner must do with the network after the terminal's actions.
+enum NetworkRequest {
+    Connect(heapless::String<64>, u16),
+    Discover,
+}
+
+/// Handles the actions that need no socket; returns a network request if any, and
+/// whether the connection must close.
+fn actions<D: Device>(terminal: &mut Terminal, device: &mut D) -> (Option<NetworkRequest>, bool) {
+    let mut request = None;
     let mut close = false;
     while let Some(action) = terminal.poll_action() {
         match action {
-            Action::Connect { host, port } => connect = Some((host, port)),
+            Action::Connect { host, port } => request = Some(NetworkRequest::Connect(host, port)),
+            Action::Discover => request = Some(NetworkRequest::Discover),
             Action::Close => close = true,
             Action::SaveSettings => device.save(&terminal.settings().encode()),
             Action::ConfigureWifi => device.configure_wifi(terminal.settings()),
         }
     }
-    (connect, close)
+    (request, close)
+}
+
+/// Asks the LAN for a Casataa server with mDNS: a question to the multicast group,
+/// repeated after a second, and the answers read for up to three seconds.
+async fn discover(stack: Stack<'_>) -> Option<mdns::Found> {
+    let group = IpAddress::Ipv4(core::net::Ipv4Addr::from(mdns::GROUP));
+    // Already a member after an earlier search: that is fine.
+    let _ = stack.join_multicast_group(group);
+    let mut rx_meta = [PacketMetadata::EMPTY; 4];
+    let mut tx_meta = [PacketMetadata::EMPTY; 2];
+    let mut rx = [0u8; 1536];
+    let mut tx = [0u8; 128];
+    let mut socket = UdpSocket::new(stack, &mut rx_meta, &mut rx, &mut tx_meta, &mut tx);
+    if socket.bind(mdns::PORT).is_err() {
+        return None;
+    }
+    let mut question = [0u8; 64];
+    let length = mdns::query(&mut question);
+    let mut browser = mdns::Browser::new();
+    let mut packet = [0u8; 1536];
+    let started = Instant::now();
+    let mut asked = 0;
+    while started.elapsed() < DISCOVERY_TIME {
+        if asked < 2 && started.elapsed() >= DISCOVERY_REPEAT * asked {
+            let _ = socket.send_to(question.get(..length).unwrap_or_default(), (group, mdns::PORT)).await;
+            asked += 1;
+        }
+        match with_timeout(Duration::from_millis(250), socket.recv_from(&mut packet)).await {
+            Ok(Ok((n, _))) => {
+                if let Some(found) = browser.on_packet(packet.get(..n).unwrap_or_default()) {
+                    return Some(found);
+                }
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    None
 }
 
 async fn resolve(stack: Stack<'_>, host: &str) -> Option<IpAddress> {
@@ -111,14 +159,22 @@ where
     loop {
         terminal.on_network(net_status(stack, device));
         terminal.on_tick(now());
-        let (connect, _) = actions(terminal, device);
+        let (request, _) = actions(terminal, device);
         drain_console(terminal, console).await;
-        if let Some((host, port)) = connect {
-            match resolve(stack, &host).await {
-                Some(address) => connected(stack, console, terminal, device, (address, port)).await,
-                None => terminal.on_disconnected(jitter(device)),
+        match request {
+            Some(NetworkRequest::Connect(host, port)) => {
+                match resolve(stack, &host).await {
+                    Some(address) => connected(stack, console, terminal, device, (address, port)).await,
+                    None => terminal.on_disconnected(jitter(device)),
+                }
+                continue;
             }
-            continue;
+            Some(NetworkRequest::Discover) => {
+                let found = discover(stack).await;
+                terminal.on_discovered(found, jitter(device));
+                continue;
+            }
+            None => {}
         }
         if let Either::First(Ok(n)) = select(console.read(&mut input), Timer::after(tick(terminal))).await {
             terminal.on_serial(input.get(..n).unwrap_or_default());

@@ -53,11 +53,14 @@ pub enum Action {
     /// Open a TCP connection to the server (then call [`Terminal::on_connected`] or
     /// [`Terminal::on_disconnected`]).
     Connect {
-        /// Host name or address; `auto` to discover the server.
+        /// Host name or address.
         host: String<64>,
         /// TCP port.
         port: u16,
     },
+    /// Find the server on the LAN (`/server auto`) with [`crate::mdns`], then call
+    /// [`Terminal::on_discovered`].
+    Discover,
     /// Close the connection.
     Close,
     /// Store [`Terminal::settings`].
@@ -105,6 +108,8 @@ pub struct Terminal {
     link: Link,
     online: bool,
     backoff: Backoff,
+    /// The server `/server auto` last found, said once rather than at every reconnect.
+    announced_server: Option<crate::mdns::Found>,
     passphrase: Option<String<128>>,
     derivation: Option<KeyDerivation>,
     derived: Option<UserKey>,
@@ -182,6 +187,7 @@ impl Terminal {
             link: Link::Idle,
             online: false,
             backoff: Backoff::new(),
+            announced_server: None,
             passphrase: None,
             derivation: None,
             derived: None,
@@ -560,6 +566,10 @@ impl Terminal {
                     self.link = Link::Connecting;
                     self.act(Action::Connect { host, port });
                 }
+                None if self.settings.server.as_str() == "auto" => {
+                    self.link = Link::Connecting;
+                    self.act(Action::Discover);
+                }
                 None => {
                     self.link = Link::Idle;
                     self.say(format_args!("! no server set: /server HOST[:PORT]"));
@@ -576,6 +586,34 @@ impl Terminal {
                 self.flush();
             } else {
                 self.connection_lost();
+            }
+        }
+    }
+
+    /// The answer to [`Action::Discover`]: the server found on the LAN, or none (then
+    /// the terminal tries again after the usual backoff).
+    pub fn on_discovered(&mut self, found: Option<crate::mdns::Found>, jitter: u32) {
+        if self.link != Link::Connecting {
+            return;
+        }
+        match found {
+            Some(found) => {
+                let [a, b, c, d] = found.ip;
+                let mut host = String::new();
+                let _ = fmt::write(&mut host, format_args!("{a}.{b}.{c}.{d}"));
+                if self.announced_server.as_ref() != Some(&found) {
+                    self.say(format_args!("* found {} at {host}:{}", found.name, found.port));
+                    self.announced_server = Some(found.clone());
+                }
+                self.act(Action::Connect { host, port: found.port });
+            }
+            None => {
+                let wait = self.backoff.next_delay(jitter);
+                self.link = Link::Waiting { at: self.now.saturating_add(wait) };
+                self.say(format_args!(
+                    "! no server answered on the LAN; trying again in {} s (or /server HOST[:PORT])",
+                    wait.div_ceil(1000)
+                ));
             }
         }
     }
