@@ -119,57 +119,39 @@ impl Browser {
         for _ in 0..questions {
             at = skip_name(packet, at)? + 4;
         }
-        // Two passes: the PTR names the instance, which the other records refer to,
-        // and a responder may put it anywhere in the packet.
-        let start = at;
-        for pass in 0..2 {
-            at = start;
+        // Three passes: the PTR names the instance, which the other records refer to,
+        // and a responder may put it anywhere in the packet. Addresses last: the SRV
+        // names the host they belong to.
+        for pass in 0..3 {
+            let mut next = at;
             for _ in 0..records {
-                let mut owner = String::<NAME_MAX>::new();
-                let after_name = read_name(packet, at, &mut owner)?;
-                let header = packet.get(after_name..after_name + 10)?;
-                let kind = u16::from_be_bytes([header[0], header[1]]);
-                let class = u16::from_be_bytes([header[2], header[3]]) & 0x7fff;
-                let length = usize::from(u16::from_be_bytes([header[8], header[9]]));
-                let data_at = after_name + 10;
-                let data = packet.get(data_at..data_at + length)?;
-                at = data_at + length;
-                if class != CLASS_IN {
+                let record = Record::read(packet, next)?;
+                next = record.end;
+                if record.class != CLASS_IN {
                     continue;
                 }
-                match (pass, kind) {
-                    (0, TYPE_PTR) if same_name(&owner, SERVICE) && self.instance.is_none() => {
+                match (pass, record.kind) {
+                    (0, TYPE_PTR) if same_name(&record.owner, SERVICE) && self.instance.is_none() => {
                         let mut instance = String::new();
-                        read_name(packet, data_at, &mut instance)?;
+                        read_name(packet, record.data_at, &mut instance)?;
                         self.instance = Some(instance);
                     }
-                    (1, TYPE_SRV) if self.is_instance(&owner) && data.len() >= 7 => {
-                        self.port = Some(u16::from_be_bytes([data[4], data[5]]));
+                    (1, TYPE_SRV) if self.is_instance(&record.owner) => {
+                        let port = record.data.get(4..6)?;
+                        self.port = Some(u16::from_be_bytes([*port.first()?, *port.get(1)?]));
                         let mut host = String::new();
-                        read_name(packet, data_at + 6, &mut host)?;
+                        read_name(packet, record.data_at + 6, &mut host)?;
                         self.host = Some(host);
                     }
-                    (1, TYPE_TXT) if self.is_instance(&owner) => self.read_txt(data),
+                    (1, TYPE_TXT) if self.is_instance(&record.owner) => self.read_txt(record.data),
+                    (2, TYPE_A)
+                        if self.ip.is_none()
+                            && self.host.as_ref().is_some_and(|host| same_name(&record.owner, host)) =>
+                    {
+                        self.ip = record.data.try_into().ok();
+                    }
                     _ => {}
                 }
-            }
-        }
-        // Addresses last: the SRV names the host they belong to.
-        at = start;
-        for _ in 0..records {
-            let mut owner = String::<NAME_MAX>::new();
-            let after_name = read_name(packet, at, &mut owner)?;
-            let header = packet.get(after_name..after_name + 10)?;
-            let kind = u16::from_be_bytes([header[0], header[1]]);
-            let length = usize::from(u16::from_be_bytes([header[8], header[9]]));
-            let data = packet.get(after_name + 10..after_name + 10 + length)?;
-            at = after_name + 10 + length;
-            if kind == TYPE_A
-                && data.len() == 4
-                && self.host.as_ref().is_some_and(|host| same_name(&owner, host))
-                && self.ip.is_none()
-            {
-                self.ip = Some([data[0], data[1], data[2], data[3]]);
             }
         }
         Some(())
@@ -195,6 +177,32 @@ impl Browser {
                 self.name = Some(name);
             }
         }
+    }
+}
+
+/// One resource record, read where it starts.
+struct Record<'p> {
+    owner: String<NAME_MAX>,
+    kind: u16,
+    class: u16,
+    data_at: usize,
+    data: &'p [u8],
+    /// Where the next record starts.
+    end: usize,
+}
+
+impl<'p> Record<'p> {
+    fn read(packet: &'p [u8], at: usize) -> Option<Self> {
+        let mut owner = String::new();
+        let after_name = read_name(packet, at, &mut owner)?;
+        let field = |offset: usize| -> Option<u16> {
+            let bytes = packet.get(after_name + offset..after_name + offset + 2)?;
+            Some(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]))
+        };
+        let (kind, class, length) = (field(0)?, field(2)? & 0x7fff, usize::from(field(8)?));
+        let data_at = after_name + 10;
+        let data = packet.get(data_at..data_at + length)?;
+        Some(Self { owner, kind, class, data_at, data, end: data_at + length })
     }
 }
 

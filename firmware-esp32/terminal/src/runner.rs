@@ -129,13 +129,10 @@ async fn discover(stack: Stack<'_>) -> Option<mdns::Found> {
             let _ = socket.send_to(question.get(..length).unwrap_or_default(), (group, mdns::PORT)).await;
             asked += 1;
         }
-        match with_timeout(Duration::from_millis(250), socket.recv_from(&mut packet)).await {
-            Ok(Ok((n, _))) => {
-                if let Some(found) = browser.on_packet(packet.get(..n).unwrap_or_default()) {
-                    return Some(found);
-                }
-            }
-            Ok(Err(_)) | Err(_) => {}
+        if let Ok(Ok((n, _))) = with_timeout(Duration::from_millis(250), socket.recv_from(&mut packet)).await
+            && let Some(found) = browser.on_packet(packet.get(..n).unwrap_or_default())
+        {
+            return Some(found);
         }
     }
     None
