@@ -224,6 +224,27 @@ fn clients_find_the_server_on_the_lan_and_stop_seeing_it_when_it_shuts_down() {
     let said = String::from_utf8_lossy(&ambiguous.stderr);
     assert!(said.contains("several servers on the LAN") && said.contains("--server"), "{said}");
 
+    // On a terminal, it asks which (`script` gives the client a pseudo-terminal; the
+    // answer waits in its input).
+    let mut asked = Command::new("ip")
+        .args(["netns", "exec", &lan.client_ns, "script", "-qec"])
+        .arg(format!("{} send --to '#general' picked the second", binary("casataa").display()))
+        .arg("/dev/null")
+        .env_remove("CASATAA_SERVER")
+        .env("CASATAA_USER", "alice")
+        .env("CASATAA_PASSPHRASE", ALICE)
+        .env("CASATAA_STATE", lan.dir.join("alice-state"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    asked.stdin.take().unwrap().write_all(b"2\n").unwrap();
+    let asked = asked.wait_with_output().unwrap();
+    let dialogue = String::from_utf8_lossy(&asked.stdout);
+    assert!(asked.status.success(), "{dialogue}");
+    assert!(dialogue.contains("Which one? [1-2]"), "{dialogue}");
+    assert!(dialogue.contains(&format!("using second lab server at {ip}:5001")), "{dialogue}");
+
     // A server that shuts down says goodbye: a browse running meanwhile drops it.
     let browsing = Command::new("ip")
         .args(["netns", "exec", &lan.client_ns])
