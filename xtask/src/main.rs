@@ -6,7 +6,8 @@
 //!   browser, and a short fuzzing pass. It installs what it needs (rustup targets and
 //!   components, cargo-fuzz) on a fresh machine.
 //! - `cargo xtask fuzz [--secs N] [TARGET...]`: runs the cargo-fuzz targets.
-//! - `cargo xtask bench [proto|load]`: the criterion benchmarks and the load generator.
+//! - `cargo xtask bench [proto|load|files|compare]`: the criterion benchmarks, the load
+//!   generator, file transfer rates, and Casataa beside Mosquitto.
 //! - `cargo xtask web`: builds the browser client into `web-wasm/dist/`, which the
 //!   server embeds.
 //! - `cargo xtask firmware build | flash | monitor | sim`: the ESP32-C3 terminal.
@@ -58,7 +59,8 @@ fn print_help() {
 Commands:
   test                  formatting, clippy -D warnings, all tests, no_std builds, short fuzz pass
   fuzz [--secs N] [T..] run the fuzz targets (default: all, 60 s each)
-  bench [proto|load|files]  criterion benchmarks; load test of a real server; file transfer rates
+  bench [proto|load|files|compare]  criterion benchmarks; load test of a real server;
+                        file transfer rates; Casataa beside Mosquitto (N = 10, 100, 1000)
   web                   build the browser client into web-wasm/dist/ (the server embeds it)
   firmware build        build the ESP32-C3 terminal: ELF and flashable image, with section sizes
   firmware flash --port PORT   build and flash it (espflash)
@@ -268,7 +270,7 @@ fn fuzz(secs: u32, targets: &[String]) -> Result {
     Ok(())
 }
 
-/// `cargo xtask bench [proto|load|files] [ARGS..]`: the criterion benchmarks of the
+/// `cargo xtask bench [proto|load|files|compare] [ARGS..]`: the criterion benchmarks of the
 /// protocol crate, the load generator against a real server (table on stdout, JSON in
 /// `$CARGO_TARGET_DIR/bench/load.json`), and file transfer rates beside loopback TCP and
 /// AES-CCM (`files.json`). Without a selector, proto and load.
@@ -277,9 +279,13 @@ fn bench(args: &[String]) -> Result {
         Some("proto") => ("proto", &args[1..]),
         Some("load") => ("load", &args[1..]),
         Some("files") => ("files", &args[1..]),
+        Some("compare") => ("compare", &args[1..]),
         _ => ("all", args),
     };
-    if which != "load" && which != "files" {
+    if which == "compare" {
+        ensure_mosquitto()?;
+    }
+    if which == "all" || which == "proto" {
         let mut cargo_args = vec!["bench".to_owned(), "--package".to_owned(), "casataa-proto".to_owned()];
         if which == "proto" && !rest.is_empty() {
             cargo_args.push("--".to_owned());
@@ -291,22 +297,48 @@ fn bench(args: &[String]) -> Result {
         run(&cargo(), ["build", "--release", "--package", "casataa-server", "--package", "casataa-cli"])?;
         let targets_dir = target_dir();
         let release = targets_dir.join("release");
-        let json = targets_dir.join("bench").join(if which == "files" { "files.json" } else { "load.json" });
+        let json = targets_dir.join("bench").join(match which {
+            "files" => "files.json",
+            "compare" => "compare.json",
+            _ => "load.json",
+        });
         let mut load_args = vec![
             "--server-bin".to_owned(),
             release.join("casataa-server").to_string_lossy().into_owned(),
             "--json".to_owned(),
             json.to_string_lossy().into_owned(),
         ];
-        if which == "files" {
-            load_args.extend(["--mode".to_owned(), "files".to_owned()]);
+        if which == "files" || which == "compare" {
+            load_args.extend(["--mode".to_owned(), which.to_owned()]);
         }
-        if which == "load" || which == "files" {
+        if which == "compare" {
+            load_args.extend(["--clients".to_owned(), "10,100,1000".to_owned()]);
+        }
+        if which != "all" {
             load_args.extend(rest.iter().cloned());
         }
         run(&release.join("casataa-load").to_string_lossy(), &load_args)?;
     }
     Ok(())
+}
+
+/// Mosquitto for `bench compare`: Debian's package, installed when missing and running
+/// as root (its own service is not started: the benchmark runs its own broker).
+fn ensure_mosquitto() -> Result {
+    if Path::new("/usr/sbin/mosquitto").exists() {
+        return Ok(());
+    }
+    let root = output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0");
+    if !root {
+        return Err("bench compare needs Mosquitto: sudo apt-get install -y mosquitto".into());
+    }
+    run("apt-get", ["update"])?;
+    run_in(
+        &project_root(),
+        "apt-get",
+        ["install", "-y", "--no-install-recommends", "mosquitto"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
 }
 
 /// `cargo xtask run [ARGS..]`: builds the browser client, then the server (which embeds

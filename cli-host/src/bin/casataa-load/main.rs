@@ -8,8 +8,18 @@
 //! - handshakes per second (key provided, so the passphrase KDF is not measured);
 //! - resident memory of the server per idle connection.
 //!
+//! With `--mode compare` it measures Casataa and Mosquitto side by side, pair by pair
+//! (each Casataa figure right beside the Mosquitto one, so the machine's drift
+//! cancels), with the same shapes: N clients in one room / on one topic, 100-byte
+//! messages, each sender sending its next message once the previous one is
+//! acknowledged (`Stored` / PUBACK at QoS 1), and one sender at a fixed offered rate
+//! for the latencies. Mosquitto runs with its default configuration for throughput and
+//! with `set_tcp_nodelay true` (its low-latency configuration) for latency.
+//!
 //! It prints a table and writes the figures as JSON. All traffic stays on loopback and
 //! every phase is bounded in count and time.
+
+mod mqtt;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -56,6 +66,13 @@ struct Args {
     /// Size of the file in the `files` run, in MiB.
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
+    /// The `mosquitto` binary, for `--mode compare`.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    mosquitto_bin: PathBuf,
+    /// Deliveries per second offered in the latency runs of `--mode compare` (the
+    /// sender's message rate is this divided by the room size).
+    #[arg(long, default_value_t = 40_000)]
+    offered_deliveries: u32,
 }
 
 const PASSPHRASE: &str = "load-test-passphrase";
@@ -253,18 +270,17 @@ struct Latency {
 /// One sender at a fixed rate; every client measures how long each message took.
 async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Result<Latency> {
     let base = Instant::now();
-    let mut receivers = Vec::new();
-    for i in 1..n {
-        // The devices of the throughput run: their cursors are near the head of the log,
-        // so the measurement is not spent replaying history to new devices.
-        receivers.push(connect(server, &format!("load{i}"), Secret::Passphrase(PASSPHRASE.into()), i).await?);
-    }
-    let mut sender = connect(server, "load0", Secret::Passphrase(PASSPHRASE.into()), 0).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicU64::new(0));
     let barrier = format!("sync {}", base.elapsed().as_nanos());
     let mut tasks = Vec::new();
-    for mut client in receivers {
+    for i in 1..n {
+        // The devices of the throughput run: their cursors are near the head of the log,
+        // so the measurement is not spent replaying history to new devices. Each one
+        // reads from the moment it is connected: a client that let its backlog wait
+        // while the others log in would be cut off as a reader that stopped reading.
+        let mut client =
+            connect(server, &format!("load{i}"), Secret::Passphrase(PASSPHRASE.into()), i).await?;
         let (stop, ready, barrier) = (Arc::clone(&stop), Arc::clone(&ready), barrier.clone());
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
@@ -297,6 +313,7 @@ async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Res
             anyhow::Ok(samples)
         }));
     }
+    let mut sender = connect(server, "load0", Secret::Passphrase(PASSPHRASE.into()), 0).await?;
     // Everyone has caught up once the barrier message has reached every receiver.
     let target = general()?;
     sender
@@ -595,10 +612,184 @@ async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
     ))
 }
 
+/// N MQTT clients on one topic, each publishing (QoS 1) its next message once the
+/// broker acknowledged the previous one; deliveries per second, counting every
+/// subscriber (the publisher receives its own, as in a Casataa room).
+async fn mqtt_throughput(broker: &str, n: usize, seconds: f64) -> anyhow::Result<f64> {
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(mqtt::Mqtt::connect(broker, &format!("load{i}"), "general").await?);
+    }
+    let delivered = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let payload = vec![b'x'; 100];
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        let (delivered, counting, stop, payload) =
+            (Arc::clone(&delivered), Arc::clone(&counting), Arc::clone(&stop), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            client.publish("general", &payload);
+            client.flush().await?;
+            while !stop.load(Ordering::Relaxed) {
+                let packet = match tokio::time::timeout(Duration::from_millis(200), client.next()).await {
+                    Ok(packet) => packet?,
+                    Err(_) => continue,
+                };
+                match packet {
+                    mqtt::Packet::Publish(_) if counting.load(Ordering::Relaxed) => {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    mqtt::Packet::PubAck(_) if !stop.load(Ordering::Relaxed) => {
+                        client.publish("general", &payload);
+                    }
+                    _ => {}
+                }
+                client.flush().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let count = delivered.load(Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    Ok(count as f64 / elapsed)
+}
+
+/// One MQTT publisher at a fixed rate, N - 1 subscribers measuring end-to-end latency,
+/// and the publisher measuring PUBACK latency.
+async fn mqtt_latency(broker: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Result<Latency> {
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 1..n {
+        let mut client = mqtt::Mqtt::connect(broker, &format!("lat{i}"), "general").await?;
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let packet = match tokio::time::timeout(Duration::from_millis(200), client.next()).await {
+                    Ok(packet) => packet?,
+                    Err(_) => continue,
+                };
+                if let mqtt::Packet::Publish(payload) = packet
+                    && let Some(sent) = std::str::from_utf8(&payload)
+                        .ok()
+                        .and_then(|p| p.strip_prefix("t="))
+                        .and_then(|t| t.split(' ').next()?.parse::<u64>().ok())
+                {
+                    let now = base.elapsed().as_nanos() as u64;
+                    samples.push(now.saturating_sub(sent) as f64 / 1e6);
+                }
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut sender = mqtt::Mqtt::connect(broker, "lat0", "general").await?;
+    let mut ack_samples = Vec::new();
+    let mut sent_at = std::collections::HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut ticker = tokio::time::interval(interval);
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < end {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = base.elapsed().as_nanos() as u64;
+                let id = sender.publish("general", format!("t={now} {}", "x".repeat(80)).as_bytes());
+                sent_at.insert(id, Instant::now());
+            }
+            packet = sender.next() => {
+                if let mqtt::Packet::PubAck(id) = packet?
+                    && let Some(at) = sent_at.remove(&id)
+                {
+                    ack_samples.push(at.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        sender.flush().await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut e2e = Vec::new();
+    for task in tasks {
+        e2e.extend(task.await??);
+    }
+    e2e.sort_by(f64::total_cmp);
+    ack_samples.sort_by(f64::total_cmp);
+    Ok(Latency {
+        e2e_p50_ms: percentile(&e2e, 0.5),
+        e2e_p99_ms: percentile(&e2e, 0.99),
+        e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
+        ack_p50_ms: percentile(&ack_samples, 0.5),
+        ack_p99_ms: percentile(&ack_samples, 0.99),
+        samples: e2e.len(),
+        skipped: 0,
+    })
+}
+
+/// `--mode compare`: Casataa beside Mosquitto, pair by pair.
+async fn compare(args: &Args, server: &Server) -> anyhow::Result<String> {
+    let mut json = String::from("{\n");
+    println!("{:<52} {:>12} {:>12} {:>8}", "measurement", "casataa", "mosquitto", "ratio");
+    let row = |what: String, ours: f64, theirs: f64, unit: &str| {
+        println!("{what:<52} {ours:>9.1}{unit:>3} {theirs:>9.1}{unit:>3} {:>8.2}", ours / theirs);
+    };
+    for &n in &args.clients {
+        let ours = throughput(&server.tcp, n, args.seconds).await?;
+        let broker = mqtt::Broker::start(&args.mosquitto_bin, false)?;
+        let theirs = mqtt_throughput(&broker.addr, n, args.seconds).await?;
+        drop(broker);
+        row(format!("deliveries/s, N = {n} (mosquitto default)"), ours, theirs, "");
+        json.push_str(&format!(
+            "  \"throughput_n{n}\": {{\"casataa\": {ours:.1}, \"mosquitto_default\": {theirs:.1}, \"ratio\": {:.3}}},\n",
+            ours / theirs
+        ));
+    }
+    for &n in &args.clients {
+        let rate = (args.offered_deliveries / n.max(1) as u32).max(1);
+        let ours = latency(&server.tcp, n, rate, args.seconds).await?;
+        let broker = mqtt::Broker::start(&args.mosquitto_bin, true)?;
+        let theirs = mqtt_latency(&broker.addr, n, rate, args.seconds).await?;
+        drop(broker);
+        let label = format!("N = {n}, {rate} msg/s");
+        row(format!("end-to-end p50 ms, {label} (nodelay)"), ours.e2e_p50_ms, theirs.e2e_p50_ms, "");
+        row(format!("end-to-end p99 ms, {label} (nodelay)"), ours.e2e_p99_ms, theirs.e2e_p99_ms, "");
+        row(format!("ack p99 ms (Stored / PUBACK), {label}"), ours.ack_p99_ms, theirs.ack_p99_ms, "");
+        json.push_str(&format!(
+            "  \"latency_n{n}\": {{\"rate\": {rate}, \"casataa\": {{\"e2e_p50_ms\": {:.3}, \"e2e_p99_ms\": {:.3}, \"ack_p50_ms\": {:.3}, \"ack_p99_ms\": {:.3}, \"samples\": {}, \"skipped\": {}}}, \"mosquitto_nodelay\": {{\"e2e_p50_ms\": {:.3}, \"e2e_p99_ms\": {:.3}, \"ack_p50_ms\": {:.3}, \"ack_p99_ms\": {:.3}, \"samples\": {}}}}},\n",
+            ours.e2e_p50_ms, ours.e2e_p99_ms, ours.ack_p50_ms, ours.ack_p99_ms, ours.samples, ours.skipped,
+            theirs.e2e_p50_ms, theirs.e2e_p99_ms, theirs.ack_p50_ms, theirs.ack_p99_ms, theirs.samples
+        ));
+    }
+    json.push_str(&format!("  \"seconds\": {}\n}}\n", args.seconds));
+    Ok(json)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = start_server(&args.server_bin)?;
+    if args.mode == "compare" {
+        let max_n = args.clients.iter().copied().max().unwrap_or(10);
+        let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
+        create_users(&mut admin, max_n).await?;
+        let json = compare(&args, &server).await?;
+        if let Some(path) = &args.json {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, &json)?;
+            println!("figures written to {}", path.display());
+        }
+        return Ok(());
+    }
     if args.mode == "files" {
         let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
         create_users(&mut admin, 4).await?;
