@@ -90,38 +90,31 @@ pub fn announce(what: &Announcement) -> Result<Option<Announcer>, mdns_sd::Error
     let protocol = PROTOCOL_VERSION.to_string();
 
     let mut fullnames = Vec::new();
+    let mut register =
+        |service: &str, port: u16, properties: &[(&str, &str)]| -> Result<(), mdns_sd::Error> {
+            let info = ServiceInfo::new(&format!("{service}."), &name, &host_fqdn, (), port, properties)?
+                .enable_addr_auto();
+            fullnames.push(info.get_fullname().to_owned());
+            daemon.register(info)
+        };
     if reachable_from_lan(what.tcp) {
-        let properties = [
-            (TXT_NAME, what.name.as_str()),
-            (TXT_VERSION, version),
-            (TXT_PROTOCOL, protocol.as_str()),
-            (TXT_WEB, web.as_str()),
-        ];
-        let info = ServiceInfo::new(
-            &format!("{SERVICE}."),
-            &name,
-            &host_fqdn,
-            (),
+        register(
+            SERVICE,
             what.tcp.port(),
-            &properties[..],
-        )?
-        .enable_addr_auto();
-        fullnames.push(info.get_fullname().to_owned());
-        daemon.register(info)?;
+            &[
+                (TXT_NAME, what.name.as_str()),
+                (TXT_VERSION, version),
+                (TXT_PROTOCOL, protocol.as_str()),
+                (TXT_WEB, web.as_str()),
+            ],
+        )?;
     }
     if reachable_from_lan(what.http) {
-        let properties = [(TXT_PATH, "/"), (TXT_NAME, what.name.as_str()), (TXT_VERSION, version)];
-        let info = ServiceInfo::new(
-            &format!("{WEB_SERVICE}."),
-            &name,
-            &host_fqdn,
-            (),
+        register(
+            WEB_SERVICE,
             what.http.port(),
-            &properties[..],
-        )?
-        .enable_addr_auto();
-        fullnames.push(info.get_fullname().to_owned());
-        daemon.register(info)?;
+            &[(TXT_PATH, "/"), (TXT_NAME, what.name.as_str()), (TXT_VERSION, version)],
+        )?;
     }
     Ok(Some(Announcer { daemon, fullnames }))
 }

@@ -47,9 +47,7 @@ pub async fn serve(
         let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!("http accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::server::pause_after_accept_error("http", &e).await;
                 continue;
             }
         };

@@ -136,46 +136,43 @@ pub struct Snapshot {
 /// Renders `snapshot` and the commit histogram in the Prometheus text format (0.0.4).
 pub fn render(snapshot: &Snapshot, commits: &Histogram) -> String {
     let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+    let rows: [(&str, &str, &str, u64); 14] = [
+        ("sessions", "gauge", "Authenticated sessions.", snapshot.sessions),
+        ("users_online", "gauge", "Distinct users with at least one session.", snapshot.users_online),
+        ("connections_total", "counter", "Connections accepted (TCP and WebSocket).", snapshot.connections),
+        (
+            "connections_refused_total",
+            "counter",
+            "Connections refused at the connection limit.",
+            snapshot.refused_busy,
+        ),
+        ("logins_total", "counter", "Logins that proved the user's key.", snapshot.logins),
+        (
+            "failed_logins_total",
+            "counter",
+            "Logins refused: wrong key, unknown or disabled user.",
+            snapshot.failed_logins,
+        ),
+        ("messages_in_total", "counter", "Messages received from clients, every kind.", snapshot.messages_in),
+        ("messages_out_total", "counter", "Messages sent to clients, every kind.", snapshot.messages_out),
+        ("bytes_in_total", "counter", "Frame bytes received.", snapshot.bytes_in),
+        ("bytes_out_total", "counter", "Frame bytes sent.", snapshot.bytes_out),
+        ("deliveries_total", "counter", "Chat messages delivered to sessions.", snapshot.deliveries),
+        ("queued_bytes", "gauge", "Bytes waiting in all outbound queues.", snapshot.queued_bytes),
+        (
+            "queued_bytes_max",
+            "gauge",
+            "Bytes waiting in the fullest outbound queue.",
+            snapshot.queued_bytes_max,
+        ),
+        ("stored_messages", "gauge", "Sequence number of the newest stored message.", snapshot.latest_seq),
+    ];
+    for (name, kind, help, value) in rows {
         let _ = writeln!(
             out,
             "# HELP casataa_{name} {help}\n# TYPE casataa_{name} {kind}\ncasataa_{name} {value}"
         );
-    };
-    metric("sessions", "gauge", "Authenticated sessions.", snapshot.sessions);
-    metric("users_online", "gauge", "Distinct users with at least one session.", snapshot.users_online);
-    metric("connections_total", "counter", "Connections accepted (TCP and WebSocket).", snapshot.connections);
-    metric(
-        "connections_refused_total",
-        "counter",
-        "Connections refused at the connection limit.",
-        snapshot.refused_busy,
-    );
-    metric("logins_total", "counter", "Logins that proved the user's key.", snapshot.logins);
-    metric(
-        "failed_logins_total",
-        "counter",
-        "Logins refused: wrong key, unknown or disabled user.",
-        snapshot.failed_logins,
-    );
-    metric(
-        "messages_in_total",
-        "counter",
-        "Messages received from clients, every kind.",
-        snapshot.messages_in,
-    );
-    metric("messages_out_total", "counter", "Messages sent to clients, every kind.", snapshot.messages_out);
-    metric("bytes_in_total", "counter", "Frame bytes received.", snapshot.bytes_in);
-    metric("bytes_out_total", "counter", "Frame bytes sent.", snapshot.bytes_out);
-    metric("deliveries_total", "counter", "Chat messages delivered to sessions.", snapshot.deliveries);
-    metric("queued_bytes", "gauge", "Bytes waiting in all outbound queues.", snapshot.queued_bytes);
-    metric(
-        "queued_bytes_max",
-        "gauge",
-        "Bytes waiting in the fullest outbound queue.",
-        snapshot.queued_bytes_max,
-    );
-    metric("stored_messages", "gauge", "Sequence number of the newest stored message.", snapshot.latest_seq);
+    }
 
     let name = "casataa_store_commit_seconds";
     let _ =

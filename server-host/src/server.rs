@@ -270,9 +270,7 @@ async fn accept_tcp(
         let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                pause_after_accept_error("device", &e).await;
                 continue;
             }
         };
@@ -286,6 +284,13 @@ async fn accept_tcp(
         let writer = FrameWriter::Tcp(write);
         spawn_session(&context, &limit, reader, writer, peer);
     }
+}
+
+/// After a failed accept (out of file descriptors and the like): log it and wait a
+/// moment instead of spinning.
+pub(crate) async fn pause_after_accept_error(listener: &str, error: &std::io::Error) {
+    tracing::warn!("{listener} accept failed: {error}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Starts the session of an accepted connection, or refuses it when the server is

@@ -52,7 +52,8 @@ impl Lan {
         let _ = std::fs::remove_dir_all(&lan.dir);
         std::fs::create_dir_all(&lan.dir).unwrap();
         for ns in [&lan.server_ns, &lan.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            // A namespace left by an earlier, killed run of this process id.
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
             run("ip", &["netns", "add", ns]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }

@@ -109,16 +109,7 @@ impl TestServer {
 
     /// Starts the server with more arguments after `serve` (on fresh loopback ports).
     pub fn spawn_with_args(&mut self, args: &[&str]) {
-        let mut command = Command::new(server_binary());
-        command.arg("--data").arg(&self.data).args([
-            "serve",
-            "--tcp",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ]);
-        command.args(args);
-        self.spawn_configured(command);
+        self.spawn_on_loopback(Command::new(server_binary()), args);
     }
 
     /// Starts the server with a file-size limit (as on a nearly full disk).
@@ -128,7 +119,12 @@ impl TestServer {
         self.spawn_with(command);
     }
 
-    fn spawn_with(&mut self, mut command: Command) {
+    fn spawn_with(&mut self, command: Command) {
+        self.spawn_on_loopback(command, &[]);
+    }
+
+    /// `COMMAND --data DIR serve` on fresh loopback ports, then `args`.
+    fn spawn_on_loopback(&mut self, mut command: Command, args: &[&str]) {
         command.arg("--data").arg(&self.data).args([
             "serve",
             "--tcp",
@@ -136,6 +132,7 @@ impl TestServer {
             "--http",
             "127.0.0.1:0",
         ]);
+        command.args(args);
         self.spawn_configured(command);
     }
 

@@ -203,6 +203,35 @@ fn general() -> anyhow::Result<Target> {
 
 /// Every client sends its next message once the previous one is stored, and counts what
 /// it receives.
+/// The counters a throughput run shares with its client tasks.
+struct Window {
+    delivered: Arc<AtomicU64>,
+    counting: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Window {
+    /// After a second of warm-up, counts deliveries for `seconds`, then stops the
+    /// clients; deliveries per second.
+    async fn measure(
+        self,
+        seconds: f64,
+        tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    ) -> anyhow::Result<f64> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.counting.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        let count = self.delivered.load(Ordering::Relaxed);
+        let elapsed = started.elapsed().as_secs_f64();
+        self.stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await??;
+        }
+        Ok(count as f64 / elapsed)
+    }
+}
+
 async fn throughput(server: &str, n: usize, seconds: f64) -> anyhow::Result<f64> {
     let mut clients = Vec::new();
     for i in 0..n {
@@ -244,17 +273,7 @@ async fn throughput(server: &str, n: usize, seconds: f64) -> anyhow::Result<f64>
             anyhow::Ok(())
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
-    counting.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    let count = delivered.load(Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await??;
-    }
-    Ok(count as f64 / elapsed)
+    Window { delivered, counting, stop }.measure(seconds, tasks).await
 }
 
 struct Latency {
@@ -265,6 +284,23 @@ struct Latency {
     ack_p99_ms: f64,
     samples: usize,
     skipped: usize,
+}
+
+impl Latency {
+    /// The percentiles of end-to-end and acknowledgement samples, in milliseconds.
+    fn from_samples(mut e2e: Vec<f64>, mut acks: Vec<f64>, skipped: usize) -> Self {
+        e2e.sort_by(f64::total_cmp);
+        acks.sort_by(f64::total_cmp);
+        Self {
+            e2e_p50_ms: percentile(&e2e, 0.5),
+            e2e_p99_ms: percentile(&e2e, 0.99),
+            e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
+            ack_p50_ms: percentile(&acks, 0.5),
+            ack_p99_ms: percentile(&acks, 0.99),
+            samples: e2e.len(),
+            skipped,
+        }
+    }
 }
 
 /// One sender at a fixed rate; every client measures how long each message took.
@@ -367,17 +403,7 @@ async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Res
     for task in tasks {
         e2e.extend(task.await??);
     }
-    e2e.sort_by(f64::total_cmp);
-    ack_samples.sort_by(f64::total_cmp);
-    Ok(Latency {
-        e2e_p50_ms: percentile(&e2e, 0.5),
-        e2e_p99_ms: percentile(&e2e, 0.99),
-        e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
-        ack_p50_ms: percentile(&ack_samples, 0.5),
-        ack_p99_ms: percentile(&ack_samples, 0.99),
-        samples: e2e.len(),
-        skipped,
-    })
+    Ok(Latency::from_samples(e2e, ack_samples, skipped))
 }
 
 async fn handshakes(server: &str, key: &UserKey, count: usize) -> anyhow::Result<f64> {
@@ -650,17 +676,7 @@ async fn mqtt_throughput(broker: &str, n: usize, seconds: f64) -> anyhow::Result
             anyhow::Ok(())
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
-    counting.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    let count = delivered.load(Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await??;
-    }
-    Ok(count as f64 / elapsed)
+    Window { delivered, counting, stop }.measure(seconds, tasks).await
 }
 
 /// One MQTT publisher at a fixed rate, N - 1 subscribers measuring end-to-end latency,
@@ -721,17 +737,7 @@ async fn mqtt_latency(broker: &str, n: usize, rate: u32, seconds: f64) -> anyhow
     for task in tasks {
         e2e.extend(task.await??);
     }
-    e2e.sort_by(f64::total_cmp);
-    ack_samples.sort_by(f64::total_cmp);
-    Ok(Latency {
-        e2e_p50_ms: percentile(&e2e, 0.5),
-        e2e_p99_ms: percentile(&e2e, 0.99),
-        e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
-        ack_p50_ms: percentile(&ack_samples, 0.5),
-        ack_p99_ms: percentile(&ack_samples, 0.99),
-        samples: e2e.len(),
-        skipped: 0,
-    })
+    Ok(Latency::from_samples(e2e, ack_samples, 0))
 }
 
 /// `--mode compare`: Casataa beside Mosquitto, pair by pair.
