@@ -314,6 +314,21 @@ fn a_wrong_passphrase_fails_at_the_proof() {
 }
 
 #[test]
+fn a_server_that_does_not_know_the_key_gets_no_session() {
+    // An impostor (a rogue responder to discovery, say) answers with some other key:
+    // the client's proof does not check out and the client is never established.
+    fn impostor(_: &Name) -> UserLookup {
+        UserLookup::Known { key: UserKey([0x42; 32]), kdf: kdf(), disabled: false }
+    }
+    let mut store = Store::default();
+    let mut link = Link::new(alice(1), alice_key(), impostor, 2);
+    link.connect();
+    assert_eq!(link.pump(&mut store), Err(SessionError::Auth(AuthFailure::WrongKey)));
+    assert!(!link.server.is_established());
+    assert!(!link.client.is_established());
+}
+
+#[test]
 fn unknown_and_disabled_users_fail_at_the_same_point() {
     fn unknown(user: &Name) -> UserLookup {
         let kdf = KdfParams { iterations: ITERATIONS, ..KdfParams::new(decoy_salt(&[5; 32], user)) };

@@ -262,7 +262,9 @@ async fn a_client_that_stops_reading_is_cut_off_while_others_keep_chatting() {
     let admin_view = async {
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let mut who = server.connect("bob", "pb").await.unwrap();
+            // The probe's own login may miss the 2 s handshake deadline when the machine
+            // is saturated (the whole suite runs in parallel): then it looks again.
+            let Ok(mut who) = server.connect("bob", "pb").await else { continue };
             who.request(&ClientMessage::ListOnline).await.unwrap();
             let online = who
                 .wait_for(|e| match e {
