@@ -221,12 +221,20 @@ fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
+    // The start-up message never stops the server: whoever started it may have closed
+    // its end of standard output (a script that read the addresses and left).
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), $($arg)*);
+        }};
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let name = settings.server_name.clone();
         let data = settings.data_dir.clone();
         let bound = server::bind(settings).await?;
-        println!("Casataa server \"{name}\" is running (data in {}).", data.display());
+        say!("Casataa server \"{name}\" is running (data in {}).", data.display());
         let scheme = if bound.tls.is_some() { "https" } else { "http" };
         let interfaces = casataa_server::lan::interface_addresses();
         // The first line of each kind is the one to use from this machine and the one
@@ -234,28 +242,28 @@ fn serve(
         // device port comes last: scripts may stop reading there.
         let pages = casataa_server::lan::reachable(bound.http_addr, &interfaces);
         let devices = casataa_server::lan::reachable(bound.tcp_addr, &interfaces);
-        println!("  web page:     {scheme}://{}/", display_addr(bound.http_addr));
+        say!("  web page:     {scheme}://{}/", display_addr(bound.http_addr));
         for page in pages.iter().filter(|a| !a.ip().is_loopback()) {
-            println!("                {scheme}://{page}/");
+            say!("                {scheme}://{page}/");
         }
         if let Some(tls) = &bound.tls {
             let made = if tls.generated { "made now, " } else { "" };
-            println!(
+            say!(
                 "  certificate:  {} ({made}compare in the browser before logging in)",
                 tls.cert_path.display()
             );
-            println!("  SHA-256:      {}", casataa_server::tls::format_fingerprint(&tls.fingerprint));
+            say!("  SHA-256:      {}", casataa_server::tls::format_fingerprint(&tls.fingerprint));
         }
-        println!("  device port:  {}", display_addr(bound.tcp_addr));
+        say!("  device port:  {}", display_addr(bound.tcp_addr));
         for device in devices.iter().filter(|a| !a.ip().is_loopback()) {
-            println!("                {device}");
+            say!("                {device}");
         }
         if let Some(passphrase) = &bound.created_admin {
-            println!();
-            println!("First start: created the admin user. This passphrase is shown only once:");
-            println!("  user:        admin");
-            println!("  passphrase:  {passphrase}");
-            println!("Change it with: casataa-server --data {} user passwd admin", data.display());
+            say!();
+            say!("First start: created the admin user. This passphrase is shown only once:");
+            say!("  user:        admin");
+            say!("  passphrase:  {passphrase}");
+            say!("Change it with: casataa-server --data {} user passwd admin", data.display());
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();

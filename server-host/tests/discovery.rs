@@ -124,9 +124,11 @@ impl Lan {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let printed: Vec<String> =
-            lines.map_while(Result::ok).take_while(|l| !l.contains("device port:")).collect();
+            lines.by_ref().map_while(Result::ok).take_while(|l| !l.contains("device port:")).collect();
+        // The server may still be printing (its LAN addresses): keep reading.
+        std::thread::spawn(move || lines.for_each(drop));
         // The start-up message names the LAN address, not only the bind address.
         let lan_page = format!("http://{}:{http_port}/", self.server_ip());
         assert!(printed.iter().any(|l| l.trim() == lan_page), "{printed:?}");

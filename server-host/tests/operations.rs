@@ -396,3 +396,44 @@ fn the_systemd_unit_starts_the_server_in_its_state_directory_and_reloads_it_with
         eprintln!("systemd-analyze is not installed: the unit's syntax was not checked by systemd");
     }
 }
+
+#[test]
+fn a_server_whose_standard_output_is_closed_still_starts_and_serves() {
+    // A pipe whose reading end is gone: every line of the start-up message fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let data = std::env::temp_dir().join(format!("casataa-closed-stdout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_casataa-server"))
+        .arg("--data")
+        .arg(&data)
+        .args(["serve", "--tcp", "127.0.0.1:0", "--http", &http])
+        .env("RUST_LOG", "warn")
+        .stdout(writer)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answered = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Err(format!("the server exited: {status}"));
+        }
+        if let Ok(mut socket) = std::net::TcpStream::connect(&http) {
+            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(socket, "GET / HTTP/1.1\r\nHost: casataa\r\nConnection: close\r\n\r\n").unwrap();
+            let mut response = String::new();
+            let _ = socket.read_to_string(&mut response);
+            break Ok(response);
+        }
+        if std::time::Instant::now() > deadline {
+            break Err("the server never listened".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data);
+    let response = answered.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
