@@ -62,8 +62,15 @@ pub fn discover(wait: Duration) -> Result<Vec<Server>, DiscoveryError> {
         match events.recv_timeout(left) {
             Ok(ServiceEvent::ServiceResolved(service)) => {
                 let text = |key: &str| service.txt_properties.get_property_val_str(key).map(str::to_owned);
-                let mut addresses: Vec<IpAddr> = service.addresses.iter().map(|a| a.to_ip_addr()).collect();
-                // IPv4 first (no scope to get wrong), then IPv6; link-local last.
+                // IPv6 link-local addresses are left out: without their interface they
+                // cannot be connected to, and every LAN server has another address.
+                let mut addresses: Vec<IpAddr> = service
+                    .addresses
+                    .iter()
+                    .map(|a| a.to_ip_addr())
+                    .filter(|ip| !(ip.is_ipv6() && is_link_local(ip)))
+                    .collect();
+                // IPv4 first, then IPv6; link-local last.
                 addresses.sort_by_key(|ip| (ip.is_ipv6(), is_link_local(ip), *ip));
                 let web = text(TXT_WEB).and_then(|web| {
                     let (scheme, port) = web.split_once(' ')?;

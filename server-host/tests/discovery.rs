@@ -197,7 +197,7 @@ fn clients_find_the_server_on_the_lan_and_stop_seeing_it_when_it_shuts_down() {
     let ip = lan.server_ip();
 
     // A server that has just started answers once its mDNS names are probed.
-    let found = lan.discover_until(|found| !found.is_empty());
+    let found = lan.discover_until(|found| found.iter().any(|s| s.contains(&format!("\"{ip}\""))));
     assert_eq!(found.len(), 1, "{found:?}");
     let server = &found[0];
     assert!(server.contains("\"name\":\"lab server\""), "{server}");
@@ -218,7 +218,8 @@ fn clients_find_the_server_on_the_lan_and_stop_seeing_it_when_it_shuts_down() {
     // Two servers: both listed, and a command without --server and without a
     // terminal to ask on says so instead of guessing.
     let second = lan.start_server("second lab server", 5001, 8081);
-    let found = lan.discover_until(|found| found.len() == 2);
+    let found = lan
+        .discover_until(|found| found.len() == 2 && found.iter().all(|s| s.contains(&format!("\"{ip}\""))));
     assert!(
         found.iter().any(|s| s.contains("\"name\":\"second lab server\"") && s.contains("\"port\":5001"))
     );
