@@ -225,6 +225,9 @@ impl Default for Frames {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
+/// Entries a lane keeps room for once it is empty (see [`OutQueue::pop`]).
+const IDLE_LANE_CAPACITY: usize = 8;
+
 /// Frames waiting to be written, in two lanes, bounded in bytes.
 pub struct OutQueue {
     state: Mutex<Frames>,
@@ -335,6 +338,16 @@ impl OutQueue {
                 if let Some(frame) = next {
                     state.bytes -= frame.size();
                     state.progress = std::time::Instant::now();
+                    if state.bytes == 0 {
+                        // A burst (a backlog after login, say) grew the lanes: give the
+                        // room back once they are empty, so an idle connection holds none.
+                        let frames = &mut *state;
+                        for lane in [&mut frames.control, &mut frames.bulk] {
+                            if lane.capacity() > IDLE_LANE_CAPACITY {
+                                lane.shrink_to(IDLE_LANE_CAPACITY);
+                            }
+                        }
+                    }
                     let room = state.bytes < self.low_water;
                     drop(state);
                     if room {
@@ -395,6 +408,22 @@ mod tests {
 
     fn plain(tag: u8) -> Outbound {
         Outbound::Plain { frame: vec![0, tag, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], len: 1 }
+    }
+
+    #[tokio::test]
+    async fn a_queue_gives_back_the_room_a_burst_took_once_it_is_empty() {
+        let queue = OutQueue::new(1 << 20, 1 << 10);
+        for _ in 0..1000 {
+            queue.push(vec![0; 10]).unwrap();
+        }
+        assert!(queue.state().control.capacity() >= 1000);
+        for _ in 0..1000 {
+            assert!(queue.pop().await.is_some());
+        }
+        assert!(queue.state().control.capacity() <= IDLE_LANE_CAPACITY, "the lane kept its burst capacity");
+        // And it still works afterwards.
+        queue.push(vec![1; 3]).unwrap();
+        assert!(matches!(queue.pop().await, Some(Outbound::Ready(frame)) if frame == vec![1; 3]));
     }
 
     #[tokio::test]
