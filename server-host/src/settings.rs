@@ -188,9 +188,5 @@ struct FileConfig {
 }
 
 fn default_server_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .map_or_else(|| "casataa".to_owned(), |h| format!("casataa on {h}"))
+    crate::lan::host_name().map_or_else(|| "casataa".to_owned(), |h| format!("casataa on {h}"))
 }

@@ -227,6 +227,9 @@ pub struct QueueFull;
 
 /// Entries a lane keeps room for once it is empty (see [`OutQueue::pop`]).
 const IDLE_LANE_CAPACITY: usize = 8;
+/// Room above which an empty lane gives it back: ordinary bursts keep theirs, so a
+/// busy session does not reallocate every time its queue drains.
+const BURST_LANE_CAPACITY: usize = 64;
 
 /// Frames waiting to be written, in two lanes, bounded in bytes.
 pub struct OutQueue {
@@ -343,7 +346,7 @@ impl OutQueue {
                         // room back once they are empty, so an idle connection holds none.
                         let frames = &mut *state;
                         for lane in [&mut frames.control, &mut frames.bulk] {
-                            if lane.capacity() > IDLE_LANE_CAPACITY {
+                            if lane.capacity() > BURST_LANE_CAPACITY {
                                 lane.shrink_to(IDLE_LANE_CAPACITY);
                             }
                         }

@@ -286,6 +286,25 @@ struct Latency {
     skipped: usize,
 }
 
+/// The send time (`t=NANOS …`) a latency message carries.
+fn sent_stamp(text: &str) -> Option<u64> {
+    text.strip_prefix("t=")?.split(' ').next()?.parse().ok()
+}
+
+/// Lets the last messages arrive, stops the receivers and gathers their samples.
+async fn collect_samples(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<f64>>>>,
+) -> anyhow::Result<Vec<f64>> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await??);
+    }
+    Ok(samples)
+}
+
 impl Latency {
     /// The percentiles of end-to-end and acknowledgement samples, in milliseconds.
     fn from_samples(mut e2e: Vec<f64>, mut acks: Vec<f64>, skipped: usize) -> Self {
@@ -338,8 +357,7 @@ async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Res
                 if caught_up
                     && let Event::Message(ServerMessage::Deliver(m)) = event
                     && let Content::Text(body) = &m.content
-                    && let Some(sent) =
-                        body.strip_prefix("t=").and_then(|t| t.split(' ').next()?.parse::<u64>().ok())
+                    && let Some(sent) = sent_stamp(body)
                 {
                     let now = base.elapsed().as_nanos() as u64;
                     samples.push(now.saturating_sub(sent) as f64 / 1e6);
@@ -397,12 +415,7 @@ async fn latency(server: &str, n: usize, rate: u32, seconds: f64) -> anyhow::Res
                 }
         sender.flush().await?;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut e2e = Vec::new();
-    for task in tasks {
-        e2e.extend(task.await??);
-    }
+    let e2e = collect_samples(&stop, tasks).await?;
     Ok(Latency::from_samples(e2e, ack_samples, skipped))
 }
 
@@ -529,7 +542,7 @@ async fn chat_latency_during<F: Future<Output = anyhow::Result<()>>>(
             };
             if let Event::Message(ServerMessage::Deliver(m)) = event
                 && let Content::Text(body) = &m.content
-                && let Some(sent) = body.strip_prefix("t=").and_then(|t| t.parse::<u64>().ok())
+                && let Some(sent) = sent_stamp(body)
             {
                 samples.push((base.elapsed().as_nanos() as u64).saturating_sub(sent) as f64 / 1e6);
             }
@@ -696,10 +709,7 @@ async fn mqtt_latency(broker: &str, n: usize, rate: u32, seconds: f64) -> anyhow
                     Err(_) => continue,
                 };
                 if let mqtt::Packet::Publish(payload) = packet
-                    && let Some(sent) = std::str::from_utf8(&payload)
-                        .ok()
-                        .and_then(|p| p.strip_prefix("t="))
-                        .and_then(|t| t.split(' ').next()?.parse::<u64>().ok())
+                    && let Some(sent) = std::str::from_utf8(&payload).ok().and_then(sent_stamp)
                 {
                     let now = base.elapsed().as_nanos() as u64;
                     samples.push(now.saturating_sub(sent) as f64 / 1e6);
@@ -731,12 +741,7 @@ async fn mqtt_latency(broker: &str, n: usize, rate: u32, seconds: f64) -> anyhow
         }
         sender.flush().await?;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut e2e = Vec::new();
-    for task in tasks {
-        e2e.extend(task.await??);
-    }
+    let e2e = collect_samples(&stop, tasks).await?;
     Ok(Latency::from_samples(e2e, ack_samples, 0))
 }
 
