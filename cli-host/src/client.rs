@@ -8,10 +8,13 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use casataa_proto::ClientSession;
+use casataa_proto::aead::{BatchError, FrameOpener, OpenError};
+use casataa_proto::ccm_mode::LANES;
 use casataa_proto::frame::{StreamItem, decode_stream, length_prefix};
 use casataa_proto::handshake::{Refusal, UserKey, derive_user_key};
-use casataa_proto::limits::{FRAME_MAX, HANDSHAKE_FRAME_MAX};
+use casataa_proto::limits::{FRAME_MAX, HANDSHAKE_FRAME_MAX, LEN_PREFIX_LEN};
 use casataa_proto::message::{ClientMessage, CloseReason, ErrorCode, FileChunk, ServerMessage, Welcome};
 use casataa_proto::session::{ClientConfig, ClientEvent, SessionError};
 use casataa_proto::types::{Body, ClientKind, ClientMsgId, DeviceId, FileId, Name, Seq, ServerId, Target};
@@ -135,14 +138,26 @@ pub struct Client {
     session: Box<ClientSession<OUTBOX>>,
     read: OwnedReadHalf,
     write: OwnedWriteHalf,
-    inbox: Vec<u8>,
+    inbox: BytesMut,
     out: Vec<u8>,
     welcome: Welcome,
     early: VecDeque<Event>,
     /// File chunks waiting to be sent: the bulk lane. They are sealed when written, so
     /// frames always leave in counter order while control and chat frames overtake them.
     chunks: VecDeque<(FileId, u64, Vec<u8>)>,
+    /// The frames of one write, length prefixes included.
+    wire: Vec<u8>,
+    /// Opens received frames from the welcome on, several buffered ones at a time.
+    opener: Option<FrameOpener>,
+    /// Frames opened and not yet handled, in order.
+    opened: VecDeque<BytesMut>,
+    /// Why opening stopped, reported once the frames before it are handled.
+    open_failed: Option<OpenError>,
 }
+
+/// Bytes the client asks the socket for at once while a large frame is on the way (a
+/// download): room for a batch of whole frames to open together.
+const BULK_READ: usize = LANES * 64 * 1024;
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -187,11 +202,15 @@ impl Client {
             session,
             read,
             write,
-            inbox: Vec::with_capacity(FRAME_MAX),
+            inbox: BytesMut::with_capacity(FRAME_MAX),
             out: vec![0u8; FRAME_MAX],
             welcome: placeholder_welcome(&options.user),
             early: VecDeque::new(),
             chunks: VecDeque::new(),
+            wire: Vec::new(),
+            opener: None,
+            opened: VecDeque::new(),
+            open_failed: None,
         };
         let n = client.session.start(&mut client.out)?;
         client.write_frame(n).await?;
@@ -214,6 +233,8 @@ impl Client {
                 Some(ClientEvent::Refused(why)) => return Err(ClientError::Refused(why)),
                 Some(ClientEvent::Received(ServerMessage::Welcome(welcome))) => {
                     client.welcome = welcome;
+                    // From here on frames are opened as they are read, in batches.
+                    client.opener = client.session.take_opener();
                     return Ok(client);
                 }
                 Some(ClientEvent::Received(_)) | None => {
@@ -244,49 +265,155 @@ impl Client {
     }
 
     async fn write_frame(&mut self, len: usize) -> Result<(), ClientError> {
+        self.wire.clear();
+        self.gather(len)?;
+        self.write_wire().await
+    }
+
+    /// Appends the frame in `self.out[..len]` to the next write.
+    fn gather(&mut self, len: usize) -> Result<(), ClientError> {
         let frame = self.out.get(..len).ok_or(ClientError::Protocol(SessionError::Encode))?;
-        let mut bytes = Vec::with_capacity(len + 4);
-        bytes.extend_from_slice(&length_prefix(len));
-        bytes.extend_from_slice(frame);
-        self.write.write_all(&bytes).await?;
+        self.wire.extend_from_slice(&length_prefix(len));
+        self.wire.extend_from_slice(frame);
+        Ok(())
+    }
+
+    async fn write_wire(&mut self) -> Result<(), ClientError> {
+        self.write.write_all(&self.wire).await?;
+        self.wire.clear();
         Ok(())
     }
 
     /// Reads one whole frame. Cancel-safe: partial input stays buffered.
-    async fn read_frame(&mut self, max: usize) -> Result<Vec<u8>, ClientError> {
+    async fn read_frame(&mut self, max: usize) -> Result<BytesMut, ClientError> {
         loop {
             match decode_stream(&self.inbox, max)
                 .map_err(|e| ClientError::Protocol(SessionError::Frame(e)))?
             {
                 StreamItem::Frame { frame, consumed } => {
-                    let out = self.inbox.get(frame).map(<[u8]>::to_vec).unwrap_or_default();
-                    self.inbox.drain(..consumed);
-                    return Ok(out);
+                    // The frame keeps its part of the buffer: no copy.
+                    let mut whole = self.inbox.split_to(consumed);
+                    whole.advance(frame.start);
+                    return Ok(whole);
                 }
-                StreamItem::NeedMore { .. } => {
-                    if self.read.read_buf(&mut self.inbox).await? == 0 {
-                        return Err(ClientError::Closed);
-                    }
-                }
+                StreamItem::NeedMore { at_least } => self.fill_inbox(at_least).await?,
             }
         }
     }
 
+    /// Reads more input; a large frame on the way means a download, so room is made for
+    /// several frames at once.
+    async fn fill_inbox(&mut self, at_least: usize) -> Result<(), ClientError> {
+        let room = if at_least > 16 * 1024 { BULK_READ } else { at_least.max(16 * 1024) };
+        self.inbox.reserve(room.saturating_sub(self.inbox.len()));
+        if self.read.read_buf(&mut self.inbox).await? == 0 {
+            return Err(ClientError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The next received frame, opened. Every whole frame already buffered (up to a
+    /// batch) is opened at once. Cancel-safe: frames opened stay queued.
+    async fn next_opened(&mut self) -> Result<BytesMut, ClientError> {
+        loop {
+            if let Some(frame) = self.opened.pop_front() {
+                return Ok(frame);
+            }
+            if let Some(e) = self.open_failed.take() {
+                return Err(ClientError::Protocol(SessionError::Open(e)));
+            }
+            let mut frames = Vec::new();
+            while frames.len() < LANES {
+                match decode_stream(&self.inbox, FRAME_MAX)
+                    .map_err(|e| ClientError::Protocol(SessionError::Frame(e)))?
+                {
+                    StreamItem::Frame { frame, consumed } => {
+                        let mut whole = self.inbox.split_to(consumed);
+                        whole.advance(frame.start);
+                        frames.push(whole);
+                    }
+                    StreamItem::NeedMore { at_least } => {
+                        if frames.is_empty() {
+                            self.fill_inbox(at_least).await?;
+                        }
+                        break;
+                    }
+                }
+            }
+            if frames.is_empty() {
+                continue;
+            }
+            let opener = self.opener.as_mut().ok_or(ClientError::Protocol(SessionError::NotEstablished))?;
+            let mut views: Vec<&mut [u8]> = frames.iter_mut().map(|frame| &mut frame[..]).collect();
+            if let Err(BatchError { opened, error }) = opener.open_batch_in_place(&mut views) {
+                frames.truncate(opened);
+                self.open_failed = Some(error);
+            }
+            self.opened.extend(frames);
+        }
+    }
+
     /// Sends whatever is ready: first everything of the control lane (acknowledgements,
-    /// pongs, queued chat messages), then queued file chunks — checking the control
-    /// lane again before each chunk, so chat is never stuck behind a transfer.
+    /// pongs, queued chat messages), then queued file chunks, a sealing batch at a time
+    /// — checking the control lane again before each batch, so chat is never stuck
+    /// behind a transfer. Each round leaves in one write.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         loop {
+            self.wire.clear();
             while let Some(n) = self.session.poll_transmit(&mut self.out)? {
-                self.write_frame(n).await?;
+                self.gather(n)?;
             }
-            let Some((file, offset, data)) = self.chunks.pop_front() else {
+            let count = self.chunks.len().min(LANES);
+            if count > 0 {
+                let taken: Vec<(FileId, u64, Vec<u8>)> = self.chunks.drain(..count).collect();
+                self.gather_chunks(&taken)?;
+            }
+            if self.wire.is_empty() {
                 return Ok(());
-            };
-            let chunk = ClientMessage::FileChunk(FileChunk { file, offset, data: &data });
-            let n = self.session.seal(&chunk, &mut self.out)?;
-            self.write_frame(n).await?;
+            }
+            self.write_wire().await?;
         }
+    }
+
+    /// Seals `chunks` as one batch straight into the next write: each frame gets a
+    /// slot of the largest frame size, and the slots are closed up afterwards (for full
+    /// chunks there is nothing to move).
+    fn gather_chunks(&mut self, chunks: &[(FileId, u64, Vec<u8>)]) -> Result<(), ClientError> {
+        let messages: Vec<ClientMessage<'_>> = chunks
+            .iter()
+            .map(|(file, offset, data)| {
+                ClientMessage::FileChunk(FileChunk { file: *file, offset: *offset, data })
+            })
+            .collect();
+        let slot = LEN_PREFIX_LEN + self.session.server_max_frame();
+        let base = self.wire.len();
+        self.wire.resize(base + messages.len() * slot, 0);
+        let mut lens = [0usize; LANES];
+        {
+            let mut frames: Vec<&mut [u8]> = self
+                .wire
+                .get_mut(base..)
+                .unwrap_or_default()
+                .chunks_mut(slot)
+                .map(|slot| slot.get_mut(LEN_PREFIX_LEN..).unwrap_or_default())
+                .collect();
+            self.session.seal_batch(&messages, &mut frames, &mut lens)?;
+        }
+        let mut end = base;
+        for (i, len) in lens.iter().take(messages.len()).enumerate() {
+            let start = base + i * slot;
+            self.wire
+                .get_mut(start..start + LEN_PREFIX_LEN)
+                .ok_or(ClientError::Protocol(SessionError::Encode))?
+                .copy_from_slice(&length_prefix(*len));
+            let size = LEN_PREFIX_LEN + len;
+            if start != end {
+                self.wire.copy_within(start..start + size, end);
+            }
+            end += size;
+        }
+        self.wire.truncate(end);
+        Ok(())
     }
 
     /// Queues a file chunk in the bulk lane; it leaves with [`Self::flush`], after any
@@ -319,8 +446,8 @@ impl Client {
             return Ok(event);
         }
         loop {
-            let mut frame = self.read_frame(FRAME_MAX).await?;
-            match self.session.handle_frame(&mut frame)? {
+            let frame = self.next_opened().await?;
+            match self.session.handle_opened(&frame)? {
                 Some(ClientEvent::Received(message)) => {
                     return Ok(match message.into_owned() {
                         Ok(message) => Event::Message(message),

@@ -48,6 +48,32 @@ fn seal_open(c: &mut Criterion) {
     group.finish();
 }
 
+/// Bulk sealing of 64 KiB file chunks: one at a time, and as a batch whose CBC-MAC
+/// chains are interleaved (`FrameSealer::seal_batch_in_place`).
+fn bulk_seal(c: &mut Criterion) {
+    const CHUNK: usize = 65_535 - 17;
+    let mut group = c.benchmark_group("seal 64 KiB chunks");
+    for batch in [1usize, 2, 4, 8] {
+        group.throughput(Throughput::Bytes((CHUNK * batch) as u64));
+        let mut buffers = vec![vec![0u8; 65_535]; batch];
+        let mut sealer = FrameSealer::new(&KEY, Direction::ClientToServer);
+        let mut totals = vec![0; batch];
+        group.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, _| {
+            b.iter(|| {
+                if batch == 1 {
+                    black_box(sealer.seal_in_place(&mut buffers[0], CHUNK).expect("fits"));
+                } else {
+                    let mut frames: Vec<(&mut [u8], usize)> =
+                        buffers.iter_mut().map(|f| (f.as_mut_slice(), CHUNK)).collect();
+                    sealer.seal_batch_in_place(&mut frames, &mut totals).expect("fits");
+                    black_box(totals[0]);
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
 fn handshake(c: &mut Criterion) {
     let key = UserKey([7; 32]);
     let kdf = KdfParams::new([3; 16]);
@@ -82,5 +108,5 @@ fn handshake(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, seal_open, handshake);
+criterion_group!(benches, seal_open, bulk_seal, handshake);
 criterion_main!(benches);

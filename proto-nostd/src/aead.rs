@@ -9,7 +9,7 @@
 
 use core::fmt;
 
-use crate::ccm_mode::{Aes128Ccm16, CCM_TAG_LEN};
+use crate::ccm_mode::{Aes128Ccm16, BatchItem, BatchOpenError, CCM_TAG_LEN, LANES};
 use crate::frame::KIND_SEALED;
 use crate::limits::{FRAME_MAX, HEADER_LEN, NONCE_LEN, TAG_LEN};
 
@@ -135,6 +135,59 @@ impl FrameSealer {
         tag_out.copy_from_slice(&tag);
         Ok(total)
     }
+
+    /// Seals several frames at once, in order, as [`Self::seal_in_place`] would one by
+    /// one: `frames` holds each buffer with its plaintext length at `[1..1 + len]`.
+    /// Their CBC-MAC chains run interleaved (see [`crate::ccm_mode::LANES`]), which is
+    /// what makes a bulk transfer cheaper than frame-by-frame sealing. Returns the
+    /// total length of every frame. Nothing is sealed if any frame does not fit.
+    pub fn seal_batch_in_place(
+        &mut self,
+        frames: &mut [(&mut [u8], usize)],
+        totals: &mut [usize],
+    ) -> Result<(), SealError> {
+        if totals.len() < frames.len() {
+            return Err(SealError::BufferTooSmall);
+        }
+        for ((frame, plaintext_len), total) in frames.iter().zip(totals.iter_mut()) {
+            *total = HEADER_LEN + *plaintext_len + TAG_LEN;
+            if *total > FRAME_MAX {
+                return Err(SealError::TooLarge);
+            }
+            if frame.len() < *total {
+                return Err(SealError::BufferTooSmall);
+            }
+        }
+        let count = u64::try_from(frames.len()).map_err(|_| SealError::CounterExhausted)?;
+        let first = self.next;
+        self.next = first.checked_add(count).ok_or(SealError::CounterExhausted)?;
+        for (group_index, group) in frames.chunks_mut(LANES).enumerate() {
+            let base = first + (group_index * LANES) as u64;
+            let mut items: [BatchItem<'_>; LANES] = Default::default();
+            let mut tails: [&mut [u8]; LANES] = Default::default();
+            let group_len = group.len();
+            for (offset, (((frame, plaintext_len), slot), tail_slot)) in
+                group.iter_mut().zip(items.iter_mut()).zip(tails.iter_mut()).enumerate()
+            {
+                let (header, rest) = frame.split_at_mut(HEADER_LEN);
+                header.copy_from_slice(&[KIND_SEALED]);
+                let (data, tail) = rest.split_at_mut(*plaintext_len);
+                *slot = BatchItem {
+                    nonce: nonce(self.direction, base + offset as u64),
+                    aad: &[KIND_SEALED],
+                    data,
+                    tag: [0; TAG_LEN],
+                };
+                *tail_slot = tail;
+            }
+            let filled = items.get_mut(..group_len).unwrap_or_default();
+            self.cipher.seal_batch(filled).map_err(|_| SealError::TooLarge)?;
+            for (item, tail) in items.iter().zip(tails.iter_mut()).take(group_len) {
+                tail.get_mut(..TAG_LEN).ok_or(SealError::BufferTooSmall)?.copy_from_slice(&item.tag);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for FrameSealer {
@@ -184,6 +237,62 @@ impl FrameOpener {
         self.next = next;
         Ok(ciphertext)
     }
+
+    /// Opens several whole sealed frames in place, in order, as [`Self::open_in_place`]
+    /// would one by one, with their CBC-MAC chains interleaved. Each good frame's
+    /// plaintext is at [`plaintext_range`]. On failure the error says how many frames
+    /// opened before it (the counter moved past those only); the failed frame and
+    /// every later one are zeroed.
+    pub fn open_batch_in_place(&mut self, frames: &mut [&mut [u8]]) -> Result<(), BatchError> {
+        let mut opened = 0;
+        for group in frames.chunks_mut(LANES) {
+            let mut items: [BatchItem<'_>; LANES] = Default::default();
+            let group_len = group.len();
+            let mut problem = None;
+            for (offset, (frame, slot)) in group.iter_mut().zip(items.iter_mut()).enumerate() {
+                let counter = self.next.checked_add(offset as u64);
+                match (check_sealed(frame), counter) {
+                    (Ok(()), Some(counter)) => {
+                        let (_, rest) = frame.split_at_mut(HEADER_LEN);
+                        let (data, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+                        let mut expected = [0u8; TAG_LEN];
+                        expected.copy_from_slice(tag);
+                        *slot = BatchItem {
+                            nonce: nonce(self.direction, counter),
+                            aad: &[KIND_SEALED],
+                            data,
+                            tag: expected,
+                        };
+                    }
+                    (Err(e), _) => {
+                        problem = Some((offset, e));
+                        break;
+                    }
+                    (_, None) => {
+                        problem = Some((offset, OpenError::CounterExhausted));
+                        break;
+                    }
+                }
+            }
+            // Only the frames before a malformed one go to the cipher.
+            let checked = problem.map_or(group_len, |(bad, _)| bad);
+            let result = self.cipher.open_batch(items.get_mut(..checked).unwrap_or_default());
+            let (good, reason) = match (result, problem) {
+                (Err(BatchOpenError { index, .. }), _) => (index, OpenError::Forged),
+                (Ok(()), Some((bad, e))) => (bad, e),
+                (Ok(()), None) => (group_len, OpenError::Forged),
+            };
+            self.next += good as u64;
+            opened += good;
+            if good < group_len {
+                for frame in frames.iter_mut().skip(opened) {
+                    frame.fill(0);
+                }
+                return Err(BatchError { opened, error: reason });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for FrameOpener {
@@ -193,4 +302,28 @@ impl fmt::Debug for FrameOpener {
             .field("next", &self.next)
             .finish_non_exhaustive()
     }
+}
+
+/// Where the plaintext of an opened frame is: between the header byte and the tag.
+pub fn plaintext_range(frame_len: usize) -> core::ops::Range<usize> {
+    HEADER_LEN..frame_len.saturating_sub(TAG_LEN).max(HEADER_LEN)
+}
+
+/// Why [`FrameOpener::open_batch_in_place`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchError {
+    /// Frames that opened before the failure.
+    pub opened: usize,
+    /// Why the next one did not.
+    pub error: OpenError,
+}
+
+fn check_sealed(frame: &[u8]) -> Result<(), OpenError> {
+    if frame.first() != Some(&KIND_SEALED) {
+        return Err(OpenError::NotSealed);
+    }
+    if frame.len() < HEADER_LEN + TAG_LEN {
+        return Err(OpenError::Truncated);
+    }
+    Ok(())
 }

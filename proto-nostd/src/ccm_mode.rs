@@ -161,26 +161,7 @@ impl Job<'_> {
     /// CBC-MAC over B0 and the associated data.
     #[inline(always)]
     fn cbc_mac_header<B: BlockCipherEncBackend<BlockSize = U16>>(&self, backend: &B) -> Block<Aes128> {
-        let flags = if self.aad.is_empty() { B0_FLAGS_NO_AAD } else { B0_FLAGS_AAD };
-        // Lengths were checked to fit in 16 bits.
-        let mut mac = nonce_block(flags, self.nonce, self.data.len() as u16);
-        backend.encrypt_block_inplace(&mut mac);
-        if self.aad.is_empty() {
-            return mac;
-        }
-        // The associated data, prefixed with its two-byte length, zero-padded.
-        let aad_len = (self.aad.len() as u16).to_be_bytes();
-        let mut bytes = aad_len.into_iter().chain(self.aad.iter().copied()).peekable();
-        while bytes.peek().is_some() {
-            let mut block = [0u8; BLOCK];
-            // `zip` asks the block first, so no byte is taken and dropped.
-            for (slot, byte) in block.iter_mut().zip(&mut bytes) {
-                *slot = byte;
-            }
-            xor_into(&mut mac, &block);
-            backend.encrypt_block_inplace(&mut mac);
-        }
-        mac
+        cbc_mac_header(backend, self.nonce, self.aad, self.data.len())
     }
 
     /// CTR encryption or decryption of the data with counters from 1, and the CBC-MAC
@@ -197,33 +178,271 @@ impl Job<'_> {
         let direction = self.direction;
         let nonce = self.nonce;
         for batch in self.data.chunks_mut(batch_blocks * BLOCK) {
-            let blocks = batch.len().div_ceil(BLOCK);
-            for a in keystream.iter_mut().take(blocks) {
-                // At most 4,096 blocks in a message: no overflow.
-                *a = nonce_block(CTR_FLAGS, nonce, counter);
-                counter = counter.wrapping_add(1);
-            }
-            if blocks == batch_blocks {
-                backend.encrypt_par_blocks_inplace(&mut keystream);
-            } else if let Some(tail) = keystream.get_mut(..blocks) {
-                backend.encrypt_tail_blocks_inplace(tail);
-            }
+            let blocks = keystream_batch(backend, nonce, counter, batch.len(), &mut keystream);
+            // At most 4,096 blocks in a message: no overflow.
+            counter = counter.wrapping_add(blocks as u16);
             for (chunk, stream) in batch.chunks_mut(BLOCK).zip(keystream.iter()) {
                 if direction == Pass::Seal {
                     xor_into(&mut mac, chunk);
-                    for (byte, key) in chunk.iter_mut().zip(stream.iter()) {
-                        *byte ^= key;
-                    }
+                    xor_into_bytes(chunk, stream);
                 } else {
-                    for (byte, key) in chunk.iter_mut().zip(stream.iter()) {
-                        *byte ^= key;
-                    }
+                    xor_into_bytes(chunk, stream);
                     xor_into(&mut mac, chunk);
                 }
                 backend.encrypt_block_inplace(&mut mac);
             }
         }
         mac
+    }
+}
+
+/// CBC-MAC over B0 (which holds the message length) and the associated data.
+#[inline(always)]
+fn cbc_mac_header<B: BlockCipherEncBackend<BlockSize = U16>>(
+    backend: &B,
+    nonce: &[u8; CCM_NONCE_LEN],
+    aad: &[u8],
+    data_len: usize,
+) -> Block<Aes128> {
+    let flags = if aad.is_empty() { B0_FLAGS_NO_AAD } else { B0_FLAGS_AAD };
+    // Lengths were checked to fit in 16 bits.
+    let mut mac = nonce_block(flags, nonce, data_len as u16);
+    backend.encrypt_block_inplace(&mut mac);
+    if aad.is_empty() {
+        return mac;
+    }
+    // The associated data, prefixed with its two-byte length, zero-padded.
+    let aad_len = (aad.len() as u16).to_be_bytes();
+    let mut bytes = aad_len.into_iter().chain(aad.iter().copied()).peekable();
+    while bytes.peek().is_some() {
+        let mut block = [0u8; BLOCK];
+        // `zip` asks the block first, so no byte is taken and dropped.
+        for (slot, byte) in block.iter_mut().zip(&mut bytes) {
+            *slot = byte;
+        }
+        xor_into(&mut mac, &block);
+        backend.encrypt_block_inplace(&mut mac);
+    }
+    mac
+}
+
+/// Makes the keystream for the next `bytes` (at most one batch) of a message, from
+/// counter block `first`, into `keystream`; returns how many blocks that took.
+#[inline(always)]
+fn keystream_batch<B: BlockCipherEncBackend<BlockSize = U16>>(
+    backend: &B,
+    nonce: &[u8; CCM_NONCE_LEN],
+    first: u16,
+    bytes: usize,
+    keystream: &mut ParBlocks<B>,
+) -> usize {
+    let batch_blocks = <B as ParBlocksSizeUser>::ParBlocksSize::USIZE;
+    let blocks = bytes.div_ceil(BLOCK).min(batch_blocks);
+    let mut counter = first;
+    for a in keystream.iter_mut().take(blocks) {
+        *a = nonce_block(CTR_FLAGS, nonce, counter);
+        counter = counter.wrapping_add(1);
+    }
+    if blocks == batch_blocks {
+        backend.encrypt_par_blocks_inplace(keystream);
+    } else if let Some(tail) = keystream.get_mut(..blocks) {
+        backend.encrypt_tail_blocks_inplace(tail);
+    }
+    blocks
+}
+
+/// How many messages [`Aes128Ccm16::seal_batch`] and [`Aes128Ccm16::open_batch`] run
+/// side by side. CBC-MAC is a chain: each block waits for the previous block's AES, so
+/// one message leaves the AES units idle most of the time (on x86, an AES round's
+/// latency is several times its issue rate). The chains of different messages do not
+/// depend on each other, so interleaving four of them keeps the units busy.
+pub const LANES: usize = 8;
+
+/// One message of a batch: its nonce, associated data and data (encrypted or decrypted
+/// in place), and its tag (written by a seal, checked by an open).
+#[derive(Debug, Default)]
+pub struct BatchItem<'a> {
+    /// The message's nonce.
+    pub nonce: [u8; CCM_NONCE_LEN],
+    /// The associated data.
+    pub aad: &'a [u8],
+    /// The data, transformed in place.
+    pub data: &'a mut [u8],
+    /// The tag: output of a seal, input of an open.
+    pub tag: [u8; CCM_TAG_LEN],
+}
+
+/// Why an open of a batch failed, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOpenError {
+    /// The items before this index opened; this one and every later one are zeroed.
+    pub index: usize,
+    /// Why.
+    pub error: CcmError,
+}
+
+impl Aes128Ccm16 {
+    /// Encrypts every item in place and writes its tag: the same output as
+    /// [`Self::seal`] item by item, computed up to [`LANES`] items at a time. Nothing is
+    /// encrypted if any item is too long.
+    pub fn seal_batch(&self, items: &mut [BatchItem<'_>]) -> Result<(), CcmError> {
+        for item in items.iter() {
+            check_lengths(item.aad, item.data)?;
+        }
+        for group in items.chunks_mut(LANES) {
+            let mut job =
+                LaneJob { items: &mut *group, direction: Pass::Seal, tags: [[0; CCM_TAG_LEN]; LANES] };
+            self.cipher.encrypt_with_backend(&mut job);
+            let tags = job.tags;
+            for (item, tag) in group.iter_mut().zip(tags) {
+                item.tag = tag;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypts every item in place if its tag authenticates it, up to [`LANES`] at a
+    /// time. On the first failure, that item and every later one are zeroed (so
+    /// unauthenticated plaintext never reaches the caller) and the error says which;
+    /// the items before it are good.
+    pub fn open_batch(&self, items: &mut [BatchItem<'_>]) -> Result<(), BatchOpenError> {
+        if let Some(index) = items.iter().position(|item| check_lengths(item.aad, item.data).is_err()) {
+            zero_from(items, index);
+            return Err(BatchOpenError { index, error: CcmError::TooLong });
+        }
+        let mut done = 0;
+        while done < items.len() {
+            let end = (done + LANES).min(items.len());
+            let group = items.get_mut(done..end).unwrap_or_default();
+            let mut job =
+                LaneJob { items: &mut *group, direction: Pass::Open, tags: [[0; CCM_TAG_LEN]; LANES] };
+            self.cipher.encrypt_with_backend(&mut job);
+            let computed = job.tags;
+            if let Some(bad) =
+                group.iter().zip(computed.iter()).position(|(item, tag)| !constant_time_eq(tag, &item.tag))
+            {
+                let index = done + bad;
+                zero_from(items, index);
+                return Err(BatchOpenError { index, error: CcmError::Forged });
+            }
+            done = end;
+        }
+        Ok(())
+    }
+}
+
+fn zero_from(items: &mut [BatchItem<'_>], index: usize) {
+    for item in items.iter_mut().skip(index) {
+        item.data.fill(0);
+    }
+}
+
+/// Up to [`LANES`] messages in lockstep, run inside the backend closure.
+struct LaneJob<'j, 'a> {
+    items: &'j mut [BatchItem<'a>],
+    direction: Pass,
+    /// On return: the computed tag of each item.
+    tags: [[u8; CCM_TAG_LEN]; LANES],
+}
+
+impl BlockSizeUser for &mut LaneJob<'_, '_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherEncClosure for &mut LaneJob<'_, '_> {
+    #[inline(always)]
+    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
+        let lanes = self.items.len().min(LANES);
+        let batch_blocks = <B as ParBlocksSizeUser>::ParBlocksSize::USIZE;
+        let batch_bytes = batch_blocks * BLOCK;
+        let mut macs: [Block<Aes128>; LANES] = Default::default();
+        for (mac, item) in macs.iter_mut().zip(self.items.iter()) {
+            *mac = cbc_mac_header(backend, &item.nonce, item.aad, item.data.len());
+        }
+        let longest = self.items.iter().map(|item| item.data.len()).max().unwrap_or(0);
+        let mut keystreams: [ParBlocks<B>; LANES] = Default::default();
+        let mut counter: u16 = 1;
+        let mut offset = 0;
+        while offset < longest {
+            // This round's slice of each message and its keystream.
+            let mut blocks = [0usize; LANES];
+            for ((item, stream), count) in self.items.iter().zip(keystreams.iter_mut()).zip(blocks.iter_mut())
+            {
+                let bytes = item.data.len().saturating_sub(offset).min(batch_bytes);
+                *count = keystream_batch(backend, &item.nonce, counter, bytes, stream);
+            }
+            if self.direction == Pass::Open {
+                self.apply_keystream(&keystreams, offset, batch_bytes);
+            }
+            // Whole blocks only: a short last block takes the general path below.
+            let full = self.items.iter().all(|item| item.data.len() >= offset + batch_bytes);
+            if full && lanes == LANES {
+                // The common case of a bulk transfer: every lane has a whole batch, and
+                // the lane loop has a constant bound the compiler unrolls, so the four
+                // chains sit in registers and their AES rounds overlap.
+                for k in 0..batch_blocks {
+                    let start = offset + k * BLOCK;
+                    for (mac, item) in macs.iter_mut().zip(self.items.iter()) {
+                        if let Some(chunk) = item.data.get(start..start + BLOCK) {
+                            xor_into(mac, chunk);
+                        }
+                        backend.encrypt_block_inplace(mac);
+                    }
+                }
+            } else {
+                for k in 0..batch_blocks {
+                    let start = offset + k * BLOCK;
+                    for ((mac, item), &count) in macs.iter_mut().zip(self.items.iter()).zip(blocks.iter()) {
+                        if k < count {
+                            let end = (start + BLOCK).min(item.data.len());
+                            xor_into(mac, item.data.get(start..end).unwrap_or_default());
+                            backend.encrypt_block_inplace(mac);
+                        }
+                    }
+                }
+            }
+            if self.direction == Pass::Seal {
+                self.apply_keystream(&keystreams, offset, batch_bytes);
+            }
+            offset += batch_bytes;
+            // At most 4,096 blocks in a message: no overflow.
+            counter = counter.wrapping_add(batch_blocks as u16);
+        }
+        for ((tag, mac), item) in self.tags.iter_mut().zip(macs.iter()).zip(self.items.iter()) {
+            let mut s0 = nonce_block(CTR_FLAGS, &item.nonce, 0);
+            backend.encrypt_block_inplace(&mut s0);
+            for (t, (m, s)) in tag.iter_mut().zip(mac.iter().zip(s0.iter())) {
+                *t = m ^ s;
+            }
+        }
+    }
+}
+
+impl LaneJob<'_, '_> {
+    /// XORs each lane's keystream into its slice of this round.
+    #[inline(always)]
+    fn apply_keystream<P: AsRef<[Block<Aes128>]>>(
+        &mut self,
+        keystreams: &[P; LANES],
+        offset: usize,
+        batch_bytes: usize,
+    ) {
+        for (item, stream) in self.items.iter_mut().zip(keystreams.iter()) {
+            let end = (offset + batch_bytes).min(item.data.len());
+            if let Some(slice) = item.data.get_mut(offset..end) {
+                for (chunk, block) in slice.chunks_mut(BLOCK).zip(stream.as_ref().iter()) {
+                    xor_into_bytes(chunk, block);
+                }
+            }
+        }
+    }
+}
+
+/// XORs a keystream block into `bytes` (at most one block).
+#[inline(always)]
+fn xor_into_bytes(bytes: &mut [u8], stream: &Block<Aes128>) {
+    for (byte, key) in bytes.iter_mut().zip(stream.iter()) {
+        *byte ^= key;
     }
 }
 

@@ -5,7 +5,9 @@
 //! The `ccm` crate serves as the oracle for our own CCM arrangement (`ccm_mode`); the
 //! NIST and RFC vectors check the oracle itself, over parameters we do not use.
 
-use casataa_proto::aead::{Direction, FrameOpener, FrameSealer, OpenError, nonce};
+use casataa_proto::aead::{
+    BatchError, Direction, FrameOpener, FrameSealer, OpenError, nonce, plaintext_range,
+};
 use casataa_proto::ccm_mode::{Aes128Ccm16, CcmError};
 use casataa_proto::frame::KIND_SEALED;
 use ccm::Ccm;
@@ -278,4 +280,107 @@ proptest! {
         let mut frame = seal(&mut sealer, &plaintext);
         prop_assert_eq!(opener.open_in_place(&mut frame).unwrap(), &plaintext[..]);
     }
+
+    /// A batch seals exactly as frame-by-frame sealing would, whatever the mix of
+    /// lengths (including empty ones, lengths that are not whole blocks, and more
+    /// frames than lanes), and a batch open gives every plaintext back.
+    #[test]
+    fn a_batch_seals_and_opens_like_frame_by_frame(
+        plaintexts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5000), 1..11),
+        start in 0u64..3,
+    ) {
+        let mut opener = FrameOpener::new(&KEY, Direction::ClientToServer);
+        let mut expected_sealer = FrameSealer::new(&KEY, Direction::ClientToServer);
+        let mut batch_sealer = FrameSealer::new(&KEY, Direction::ClientToServer);
+        for _ in 0..start {
+            let mut frame = seal(&mut expected_sealer, b"warm-up");
+            seal(&mut batch_sealer, b"warm-up");
+            opener.open_in_place(&mut frame).unwrap();
+        }
+        let expected: Vec<Vec<u8>> = plaintexts.iter().map(|p| seal(&mut expected_sealer, p)).collect();
+        let mut buffers: Vec<Vec<u8>> = plaintexts
+            .iter()
+            .map(|p| {
+                let mut frame = vec![0u8; p.len() + 17];
+                frame[1..=p.len()].copy_from_slice(p);
+                frame
+            })
+            .collect();
+        let mut frames: Vec<(&mut [u8], usize)> =
+            buffers.iter_mut().zip(&plaintexts).map(|(b, p)| (b.as_mut_slice(), p.len())).collect();
+        let mut totals = vec![0; frames.len()];
+        batch_sealer.seal_batch_in_place(&mut frames, &mut totals).unwrap();
+        prop_assert_eq!(batch_sealer.next_counter(), expected_sealer.next_counter());
+        for ((buffer, total), want) in buffers.iter().zip(&totals).zip(&expected) {
+            prop_assert_eq!(&buffer[..*total], &want[..]);
+        }
+        let mut views: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
+        opener.open_batch_in_place(&mut views).unwrap();
+        prop_assert_eq!(opener.next_counter(), start + plaintexts.len() as u64);
+        for (buffer, plaintext) in buffers.iter().zip(&plaintexts) {
+            prop_assert_eq!(&buffer[plaintext_range(buffer.len())], &plaintext[..]);
+        }
+    }
+
+    /// One altered frame in a batch: the frames before it open, it and every later one
+    /// are zeroed, and the counter stops before it, so the connection cannot go on.
+    #[test]
+    fn a_batch_stops_at_the_first_altered_frame(
+        count in 1usize..10,
+        bad in any::<usize>(),
+        bit in any::<usize>(),
+        len in 0usize..2000,
+    ) {
+        let (mut sealer, mut opener) = pair();
+        let mut frames: Vec<Vec<u8>> = (0..count).map(|i| seal(&mut sealer, &vec![i as u8; len])).collect();
+        let bad = bad % count;
+        let bit = bit % (frames[bad].len() * 8);
+        frames[bad][bit / 8] ^= 1 << (bit % 8);
+        let mut views: Vec<&mut [u8]> = frames.iter_mut().map(Vec::as_mut_slice).collect();
+        let result = opener.open_batch_in_place(&mut views);
+        prop_assert_eq!(result.map_err(|e| e.opened), Err(bad));
+        prop_assert_eq!(opener.next_counter(), bad as u64);
+        for (i, frame) in frames.iter().enumerate() {
+            if i < bad {
+                prop_assert!(frame[plaintext_range(frame.len())].iter().all(|&b| b == i as u8));
+            } else {
+                prop_assert!(frame.iter().all(|&b| b == 0), "frame {} not zeroed", i);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_malformed_frame_in_a_batch_is_named_and_the_good_ones_before_it_open() {
+    let (mut sealer, mut opener) = pair();
+    let mut frames: Vec<Vec<u8>> = (0..6u8).map(|i| seal(&mut sealer, &[i; 100])).collect();
+    frames[4][0] = 0x01;
+    frames[5].truncate(5);
+    let mut views: Vec<&mut [u8]> = frames.iter_mut().map(Vec::as_mut_slice).collect();
+    assert_eq!(
+        opener.open_batch_in_place(&mut views),
+        Err(BatchError { opened: 4, error: OpenError::NotSealed })
+    );
+    assert_eq!(&frames[3][plaintext_range(frames[3].len())], &[3; 100]);
+
+    let (mut sealer, mut opener) = pair();
+    let mut short = [seal(&mut sealer, b"one"), vec![KIND_SEALED; 16]];
+    let mut views: Vec<&mut [u8]> = short.iter_mut().map(Vec::as_mut_slice).collect();
+    assert_eq!(
+        opener.open_batch_in_place(&mut views),
+        Err(BatchError { opened: 1, error: OpenError::Truncated })
+    );
+    assert_eq!(opener.next_counter(), 1);
+}
+
+#[test]
+fn a_batch_that_does_not_fit_seals_nothing() {
+    let (mut sealer, _) = pair();
+    let mut fits = vec![0u8; 40];
+    let mut too_small = vec![0u8; 20];
+    let mut frames: Vec<(&mut [u8], usize)> = vec![(&mut fits, 10), (&mut too_small, 10)];
+    let mut totals = [0; 2];
+    assert!(sealer.seal_batch_in_place(&mut frames, &mut totals).is_err());
+    assert_eq!(sealer.next_counter(), 0);
+    assert!(fits.iter().all(|&b| b == 0));
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use casataa_proto::aead::FrameOpener;
 use casataa_proto::frame::{StreamItem, decode_stream, length_prefix};
 use casataa_proto::handshake::{Handshake, KdfParams, Refusal, UserKey, decoy_salt, derive_user_key};
 use casataa_proto::message::{ChatMessage, Content, Limits, SendMessage, ServerMessage, Welcome};
@@ -507,4 +508,82 @@ fn the_key_derived_in_slices_equals_pbkdf2() {
             assert_eq!(steps, (iterations - 1).div_ceil(slice).saturating_sub(1), "{iterations}/{slice}");
         }
     }
+}
+
+/// A logged-in link with both openers handed over, as the host crates do.
+fn established_without_openers(store: &mut Store) -> (Link, FrameOpener, FrameOpener) {
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    assert!(link.server.take_opener().is_none(), "no opener before the login");
+    link.connect();
+    link.pump(store).unwrap();
+    let server_opener = link.server.take_opener().expect("established");
+    let client_opener = link.client.take_opener().expect("established");
+    (link, server_opener, client_opener)
+}
+
+/// Once the opener is handed over, the sessions take only opened frames: sealed ones
+/// are refused (no second place may open), and frames opened in a batch by the taken
+/// opener are handled in order. Batch-sealed requests open on the other side too.
+#[test]
+fn after_the_opener_is_taken_the_sessions_handle_opened_frames_only() {
+    use casataa_proto::message::FileChunk;
+    let mut store = Store::default();
+    let data: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1000 + usize::from(i) * 333]).collect();
+    let messages: Vec<ClientMessage<'_>> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| ClientMessage::FileChunk(FileChunk { file: 9, offset: i as u64, data: d }))
+        .collect();
+    let seal_all = |link: &mut Link| -> Vec<Vec<u8>> {
+        let mut buffers = vec![vec![0u8; 65_535]; 4];
+        let mut lens = [0usize; 4];
+        let mut frames: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
+        link.client.seal_batch(&messages, &mut frames, &mut lens).unwrap();
+        buffers.iter().zip(lens).map(|(b, n)| b[..n].to_vec()).collect()
+    };
+
+    let (mut link, _, _) = established_without_openers(&mut store);
+    let mut sealed = seal_all(&mut link);
+    assert!(
+        link.server.handle_frame(&mut sealed[0]).is_err(),
+        "a sealed frame after the hand-over is refused"
+    );
+
+    // Client to server: four chunks sealed as one batch, opened as one batch.
+    let (mut link, mut server_opener, mut client_opener) = established_without_openers(&mut store);
+    let mut sealed = seal_all(&mut link);
+    let mut views: Vec<&mut [u8]> = sealed.iter_mut().map(Vec::as_mut_slice).collect();
+    server_opener.open_batch_in_place(&mut views).unwrap();
+    for (i, frame) in sealed.iter().enumerate() {
+        match link.server.handle_opened(frame).unwrap() {
+            ServerEvent::Message(ClientMessage::FileChunk(chunk)) => {
+                assert_eq!(chunk.offset, i as u64);
+                assert_eq!(chunk.data, &data[i][..]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // Server to client: a delivery opened by the taken opener is handled as before,
+    // and a duplicate is still dropped by its sequence number.
+    let message = ChatMessage {
+        seq: 5,
+        at: 1,
+        from: name("bob"),
+        to: general(),
+        client_id: 1,
+        content: Content::Text("hi".try_into().unwrap()),
+    };
+    for expect_event in [true, false] {
+        let mut buf = vec![0u8; 4096];
+        let n = link.server.seal(&ServerMessage::Deliver(message.clone()), &mut buf).unwrap();
+        let mut frame = buf[..n].to_vec();
+        client_opener.open_in_place(&mut frame).unwrap();
+        let event = link.client.handle_opened(&frame).unwrap();
+        assert_eq!(event.is_some(), expect_event);
+    }
+    assert_eq!(link.client.delivered(), 5);
+    // Bytes that do not decode as a message close the session.
+    assert!(link.client.handle_opened(&[0x02, 0xff, 0xff]).is_err());
+    assert!(!link.client.is_established());
 }

@@ -33,12 +33,15 @@ use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::files::{Disk, Download, Upload, WINDOW, open_partial};
+use crate::files::{Disk, Download, Hashing, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
-use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, Outbound, QueueFull, run_writer};
+use crate::transport::{
+    FrameReader, FrameWriter, Lane, OutQueue, Outbound, QueueFull, TransportError, run_writer,
+};
 use crate::{generate_passphrase, unix_millis};
+use casataa_proto::ccm_mode::LANES;
 
 /// Bytes of queued frames below which the session pulls more messages from the store.
 const LOW_WATER: usize = 64 * 1024;
@@ -343,6 +346,11 @@ async fn run_session(
         return End::Protocol(SessionError::NotEstablished);
     };
     queue.install_sealer(sealer);
+    // And the reader opens, so that frames already buffered open as one batch.
+    let Some(opener) = session.take_opener() else {
+        return End::Protocol(SessionError::NotEstablished);
+    };
+    reader.install_opener(opener);
     let registration = ctx.hub.register(&user, login.kind, addr.clone());
     let _ = registration.stats.queue.set(Arc::downgrade(&queue));
     let kind = login.kind;
@@ -484,6 +492,7 @@ impl Live<'_> {
                         self.on_frame(&mut frame, &mut pending).await
                     }
                     Ok(None) => Err(End::Transport("closed by the client".into())),
+                    Err(TransportError::Open(e)) => Err(End::Protocol(SessionError::Open(e))),
                     Err(e) => Err(End::Transport(e.to_string())),
                 },
                 Some((client_id, result)) = pending.next(), if !pending.is_empty() => {
@@ -582,7 +591,7 @@ impl Live<'_> {
     }
 
     async fn on_frame(&mut self, frame: &mut [u8], pending: &mut FuturesOrdered<Pending>) -> Result<(), End> {
-        let message = match self.session.handle_frame(frame)? {
+        let message = match self.session.handle_opened(frame)? {
             ServerEvent::Message(message) => message,
             _ => return Err(End::Protocol(SessionError::Unexpected)),
         };
@@ -905,7 +914,7 @@ impl Live<'_> {
             id,
             Upload {
                 file,
-                hasher,
+                hasher: Hashing::start(hasher),
                 name: name.to_string(),
                 size,
                 received: held,
@@ -929,7 +938,6 @@ impl Live<'_> {
     }
 
     async fn on_chunk(&mut self, chunk: FileChunk<'_>) -> Result<(), End> {
-        use sha2::Digest;
         use std::io::Write;
         let FileChunk { file: id, offset, data } = chunk;
         let Some(upload) = self.uploads.get_mut(&id) else {
@@ -956,7 +964,13 @@ impl Live<'_> {
             self.failed_uploads.insert(id);
             return self.error(ErrorCode::StorageFull, id, "the server's disk is full; try again later");
         }
-        upload.hasher.update(data);
+        if let Err(e) = upload.hasher.update(data).await {
+            tracing::error!("cannot hash upload {id}: {e}");
+            self.uploads.remove(&id);
+            self.failed_uploads.insert(id);
+            return self.error(ErrorCode::StorageFull, id, "the server cannot store the file");
+        }
+        let Some(upload) = self.uploads.get_mut(&id) else { return Ok(()) };
         upload.received += data.len() as u64;
         upload.unsynced += data.len() as u64;
         upload.unreported += 1;
@@ -1001,13 +1015,18 @@ impl Live<'_> {
 
     /// Verifies a complete upload, stores it and announces it.
     async fn finish_upload(&mut self, id: FileId) -> Result<(), End> {
-        use sha2::Digest;
         let Some(upload) = self.uploads.remove(&id) else { return Ok(()) };
         let Upload { file, hasher, name, size, sha256, to, syncing, .. } = upload;
         if let Some(syncing) = syncing {
             let _ = syncing.await;
         }
-        let actual: [u8; 32] = hasher.finalize().into();
+        let actual = match hasher.finish().await {
+            Ok(actual) => actual,
+            Err(e) => {
+                tracing::error!("cannot hash upload {id}: {e}");
+                return self.error(ErrorCode::StorageFull, id, "the server cannot store the file");
+            }
+        };
         let disk = self.ctx.disk.clone();
         let verified = tokio::task::spawn_blocking(move || {
             file.sync_all()?;
@@ -1105,10 +1124,11 @@ impl Live<'_> {
     }
 
     /// Sends download chunks, round-robin over the active downloads, while each is
-    /// within its window and the outbound queue holds less than four chunks. Chunks go
-    /// to the queue's bulk lane, which the writer serves only when no chat or control
-    /// frame waits; the few chunks queued keep the writer busy sealing while this task
-    /// reads the next ones, without holding much memory per download.
+    /// within its window and the outbound queue holds less than two sealing batches of
+    /// chunks. Chunks go to the queue's bulk lane, which the writer serves only when no
+    /// chat or control frame waits; the chunks queued keep the writer sealing whole
+    /// batches while this task reads the next ones, without holding much memory per
+    /// download.
     fn pump_downloads(&mut self) -> Result<(), End> {
         self.downloads_blocked = false;
         if self.downloads.is_empty() {
@@ -1116,7 +1136,7 @@ impl Live<'_> {
         }
         let chunk_len = casataa_proto::limits::chunk_capacity(self.session.client_max_frame()).min(CHUNK_MAX);
         let window = u64::from(WINDOW) * chunk_len as u64;
-        let high_water = (self.ctx.settings.out_queue_bytes / 2).min(4 * chunk_len);
+        let high_water = (self.ctx.settings.out_queue_bytes / 2).min(2 * LANES * chunk_len);
         let mut chunk = vec![0u8; chunk_len];
         loop {
             if self.queue.bytes() >= high_water {

@@ -9,7 +9,7 @@ use casataa_proto::types::{FileId, Sha256Digest, Target};
 use sha2::{Digest, Sha256};
 
 /// Chunks a peer may have in flight beyond the last progress report.
-pub const WINDOW: u16 = 16;
+pub const WINDOW: u16 = 32;
 
 /// Where file bytes live.
 #[derive(Debug, Clone)]
@@ -65,8 +65,9 @@ pub struct Upload {
     /// chunk lands in the page cache in microseconds, far less than a hop to a
     /// blocking thread would cost.
     pub file: std::fs::File,
-    /// SHA-256 of the bytes received so far, so the check at the end is instant.
-    pub hasher: Sha256,
+    /// SHA-256 of the bytes received so far, computed beside the session, so the
+    /// check at the end is instant.
+    pub hasher: Hashing,
     /// The name the sender gave.
     pub name: String,
     /// Declared size.
@@ -94,6 +95,46 @@ impl std::fmt::Debug for Upload {
             .field("name", &self.name)
             .field("received", &self.received)
             .finish_non_exhaustive()
+    }
+}
+
+/// Chunks a [`Hashing`] task may have waiting: enough to keep it busy while the
+/// session opens the next batch, little enough to bound memory.
+const HASH_QUEUE: usize = 16;
+
+/// SHA-256 over a stream of chunks, computed on a blocking thread: hashing costs about
+/// as much as opening the frames, so running it beside the session lets an upload use
+/// a second core.
+#[derive(Debug)]
+pub struct Hashing {
+    chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    digest: tokio::task::JoinHandle<Sha256>,
+}
+
+impl Hashing {
+    /// Continues `hasher` (the bytes already held) on a blocking thread.
+    pub fn start(mut hasher: Sha256) -> Self {
+        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(HASH_QUEUE);
+        let digest = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = incoming.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher
+        });
+        Self { chunks, digest }
+    }
+
+    /// Adds `data`; waits only when the hashing thread is a whole queue behind.
+    pub async fn update(&self, data: &[u8]) -> io::Result<()> {
+        self.chunks.send(data.to_vec()).await.map_err(|_| io::Error::other("the hashing task ended"))
+    }
+
+    /// The digest of everything added.
+    pub async fn finish(self) -> io::Result<Sha256Digest> {
+        drop(self.chunks);
+        let hasher =
+            self.digest.await.map_err(|e| io::Error::other(format!("the hashing task failed: {e}")))?;
+        Ok(hasher.finalize().into())
     }
 }
 

@@ -147,7 +147,7 @@ fn routes(
                 crate::server::spawn_session(
                     &context,
                     &sessions,
-                    FrameReader::Ws(stream),
+                    FrameReader::ws(stream),
                     FrameWriter::Ws(sink),
                     peer,
                 );

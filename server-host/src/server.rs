@@ -280,7 +280,7 @@ async fn accept_tcp(
         // into megabytes of autotuned buffer.
         let _ = socket2::SockRef::from(&socket).set_send_buffer_size(context.settings.socket_send_buffer);
         let (read, write) = socket.into_split();
-        let reader = FrameReader::Tcp { half: read, buf: Vec::new() };
+        let reader = FrameReader::tcp(read);
         let writer = FrameWriter::Tcp(write);
         spawn_session(&context, &limit, reader, writer, peer);
     }

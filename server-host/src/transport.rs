@@ -16,8 +16,11 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Mutex;
 
-use casataa_proto::aead::FrameSealer;
+use bytes::{Buf, BytesMut};
+use casataa_proto::aead::{BatchError, FrameOpener, FrameSealer, OpenError};
+use casataa_proto::ccm_mode::LANES;
 use casataa_proto::frame::{FrameError, StreamItem, check_datagram, decode_stream, length_prefix};
+use casataa_proto::limits::LEN_PREFIX_LEN;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -33,6 +36,8 @@ pub enum TransportError {
     Frame(FrameError),
     /// The WebSocket layer failed or the peer sent a text message.
     WebSocket(String),
+    /// A frame failed to open: altered, replayed, reordered or forged.
+    Open(OpenError),
 }
 
 impl std::fmt::Display for TransportError {
@@ -41,47 +46,145 @@ impl std::fmt::Display for TransportError {
             Self::Io(e) => write!(f, "{e}"),
             Self::Frame(e) => write!(f, "{e}"),
             Self::WebSocket(e) => write!(f, "websocket: {e}"),
+            Self::Open(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for TransportError {}
 
-/// The receiving half of a connection.
-pub enum FrameReader {
+/// Bytes a TCP reader asks the socket for at once while frames are large (a file
+/// transfer): room for several whole frames, so they can be opened as a batch.
+const BULK_READ: usize = 8 * 64 * 1024;
+/// What a TCP reader asks for while frames are small, and the buffer it keeps once it
+/// has drained: an idle connection holds no more than this.
+const SMALL_READ: usize = 16 * 1024;
+
+/// The receiving half of a connection: whole frames, opened once the session hands
+/// over its opener ([`Self::install_opener`]).
+pub struct FrameReader {
+    source: Source,
+    /// Opens frames, from the login on. Several frames that are already buffered are
+    /// opened as one batch, their CBC-MAC chains interleaved.
+    opener: Option<FrameOpener>,
+    /// Frames opened and not yet returned, in order.
+    opened: VecDeque<BytesMut>,
+    /// The error that follows the frames in `opened`: the frames before a forged one
+    /// are good and are handled first.
+    failed: Option<TransportError>,
+}
+
+enum Source {
     /// Length-prefixed frames on TCP.
     Tcp {
         /// The socket.
         half: OwnedReadHalf,
-        /// Bytes received and not yet returned as frames.
-        buf: Vec<u8>,
+        /// Bytes received and not yet returned as frames. Frames are split off it
+        /// without a copy.
+        buf: BytesMut,
     },
     /// One frame per binary WebSocket message.
     Ws(futures_util::stream::SplitStream<WebSocket>),
 }
 
 impl FrameReader {
+    /// Frames from a TCP socket.
+    pub fn tcp(half: OwnedReadHalf) -> Self {
+        Self::new(Source::Tcp { half, buf: BytesMut::new() })
+    }
+
+    /// Frames from a WebSocket.
+    pub fn ws(stream: futures_util::stream::SplitStream<WebSocket>) -> Self {
+        Self::new(Source::Ws(stream))
+    }
+
+    fn new(source: Source) -> Self {
+        Self { source, opener: None, opened: VecDeque::new(), failed: None }
+    }
+
+    /// From now on every frame is opened here, and [`Self::next_frame`] returns it
+    /// opened in place (its plaintext at [`casataa_proto::aead::plaintext_range`]).
+    pub fn install_opener(&mut self, opener: FrameOpener) {
+        self.opener = Some(opener);
+    }
+
     /// The next whole frame, `None` at a clean end of stream. Refuses frames over
-    /// `max_frame` before buffering them. Cancel-safe: bytes already read stay buffered.
-    pub async fn next_frame(&mut self, max_frame: usize) -> Result<Option<Vec<u8>>, TransportError> {
+    /// `max_frame` before buffering them. Cancel-safe: bytes already read stay buffered,
+    /// and frames already opened stay queued.
+    pub async fn next_frame(&mut self, max_frame: usize) -> Result<Option<BytesMut>, TransportError> {
+        loop {
+            if let Some(frame) = self.opened.pop_front() {
+                return Ok(Some(frame));
+            }
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            let Some(frames) = self.source.next_frames(max_frame, self.opener.is_some()).await? else {
+                return Ok(None);
+            };
+            match self.opener.as_mut() {
+                None => self.opened.extend(frames),
+                Some(opener) => {
+                    let mut frames = frames;
+                    let mut views: Vec<&mut [u8]> = frames.iter_mut().map(|frame| &mut frame[..]).collect();
+                    let result = opener.open_batch_in_place(&mut views);
+                    let opened = match result {
+                        Ok(()) => frames.len(),
+                        Err(BatchError { opened, error }) => {
+                            self.failed = Some(TransportError::Open(error));
+                            opened
+                        }
+                    };
+                    frames.truncate(opened);
+                    self.opened.extend(frames);
+                }
+            }
+        }
+    }
+}
+
+impl Source {
+    /// One or more whole frames: every frame already buffered (up to a batch), or the
+    /// next one to arrive. `None` at a clean end of stream.
+    async fn next_frames(
+        &mut self,
+        max_frame: usize,
+        batch: bool,
+    ) -> Result<Option<Vec<BytesMut>>, TransportError> {
         match self {
             Self::Tcp { half, buf } => loop {
-                match decode_stream(buf, max_frame).map_err(TransportError::Frame)? {
-                    StreamItem::Frame { frame, consumed } => {
-                        let out = buf.get(frame).map(<[u8]>::to_vec).unwrap_or_default();
-                        buf.drain(..consumed);
-                        return Ok(Some(out));
-                    }
-                    StreamItem::NeedMore { at_least } => {
-                        buf.reserve(at_least.saturating_sub(buf.len()).min(64 * 1024));
-                        if half.read_buf(buf).await.map_err(TransportError::Io)? == 0 {
-                            return if buf.is_empty() {
-                                Ok(None)
-                            } else {
-                                Err(TransportError::Io(io::ErrorKind::UnexpectedEof.into()))
-                            };
+                let mut frames = Vec::new();
+                let mut wanted = LEN_PREFIX_LEN;
+                while frames.len() < if batch { LANES } else { 1 } {
+                    match decode_stream(buf, max_frame).map_err(TransportError::Frame)? {
+                        StreamItem::Frame { frame, consumed } => {
+                            // The frame keeps its part of the buffer: no copy.
+                            let mut whole = buf.split_to(consumed);
+                            whole.advance(frame.start);
+                            frames.push(whole);
+                        }
+                        StreamItem::NeedMore { at_least } => {
+                            wanted = at_least;
+                            break;
                         }
                     }
+                }
+                if !frames.is_empty() {
+                    if buf.is_empty() && buf.capacity() > SMALL_READ {
+                        // A transfer ended: give the batch-sized buffer back.
+                        *buf = BytesMut::new();
+                    }
+                    return Ok(Some(frames));
+                }
+                // A large frame on the way means a transfer: read several at once.
+                let room = if wanted > SMALL_READ { BULK_READ } else { SMALL_READ.max(wanted) };
+                buf.reserve(room.saturating_sub(buf.len()));
+                if half.read_buf(buf).await.map_err(TransportError::Io)? == 0 {
+                    return if buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(TransportError::Io(io::ErrorKind::UnexpectedEof.into()))
+                    };
                 }
             },
             Self::Ws(stream) => loop {
@@ -102,7 +205,7 @@ impl FrameReader {
                 }
                 let frame = message.into_bytes();
                 check_datagram(&frame, max_frame).map_err(TransportError::Frame)?;
-                return Ok(Some(frame.to_vec()));
+                return Ok(Some(vec![BytesMut::from(&frame[..])]));
             },
         }
     }
@@ -110,9 +213,9 @@ impl FrameReader {
 
 impl std::fmt::Debug for FrameReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Tcp { .. } => "FrameReader::Tcp",
-            Self::Ws(_) => "FrameReader::Ws",
+        f.write_str(match self.source {
+            Source::Tcp { .. } => "FrameReader::Tcp",
+            Source::Ws(_) => "FrameReader::Ws",
         })
     }
 }
@@ -139,6 +242,30 @@ impl FrameWriter {
                 .send(Message::binary(frame.to_vec()))
                 .await
                 .map_err(|e| TransportError::WebSocket(e.to_string())),
+        }
+    }
+
+    /// Writes several frames, in order: on TCP with one write into the socket, so a
+    /// busy connection costs one system call per batch rather than per frame.
+    /// `scratch` is the buffer the TCP frames are gathered in.
+    pub async fn send_all(&mut self, frames: &[&[u8]], scratch: &mut Vec<u8>) -> Result<(), TransportError> {
+        match self {
+            Self::Tcp(half) => {
+                scratch.clear();
+                for frame in frames {
+                    scratch.extend_from_slice(&length_prefix(frame.len()));
+                    scratch.extend_from_slice(frame);
+                }
+                half.write_all(scratch).await.map_err(TransportError::Io)
+            }
+            Self::Ws(sink) => {
+                for frame in frames {
+                    sink.feed(Message::binary(frame.to_vec()))
+                        .await
+                        .map_err(|e| TransportError::WebSocket(e.to_string()))?;
+                }
+                sink.flush().await.map_err(|e| TransportError::WebSocket(e.to_string()))
+            }
         }
     }
 
@@ -224,6 +351,12 @@ impl Default for Frames {
 /// The queue was over its byte limit: the client is not reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
+
+/// Most frames the writer takes for one write.
+const WRITE_BATCH_FRAMES: usize = 64;
+/// About the most bytes the writer takes for one write: a batch closes once it holds
+/// this much.
+const WRITE_BATCH_BYTES: usize = LANES * 64 * 1024;
 
 /// Entries a lane keeps room for once it is empty (see [`OutQueue::pop`]).
 const IDLE_LANE_CAPACITY: usize = 8;
@@ -328,18 +461,34 @@ impl OutQueue {
         self.state().sealer.take()
     }
 
-    /// The next frame to write, control lane first; `None` once closed and empty.
-    pub async fn pop(&self) -> Option<Outbound> {
+    /// Moves what the writer can write at once into `batch`: control frames first, then
+    /// file chunks (at most one sealing batch of them, so a chat message queued meanwhile
+    /// waits for no more than that), up to [`WRITE_BATCH_FRAMES`] frames and about
+    /// [`WRITE_BATCH_BYTES`]. Waits while the queue is empty; `false` once it is closed
+    /// and empty.
+    pub async fn pop_batch(&self, batch: &mut Vec<Outbound>) -> bool {
         loop {
             let notified = self.ready.notified();
             {
                 let mut state = self.state();
-                let next = match state.control.pop_front() {
-                    Some(frame) => Some(frame),
-                    None => state.bulk.pop_front(),
-                };
-                if let Some(frame) = next {
-                    state.bytes -= frame.size();
+                let (mut bytes, mut chunks) = (0, 0);
+                while batch.len() < WRITE_BATCH_FRAMES && bytes < WRITE_BATCH_BYTES {
+                    let next = match state.control.pop_front() {
+                        Some(frame) => frame,
+                        None if chunks < LANES => match state.bulk.pop_front() {
+                            Some(frame) => {
+                                chunks += 1;
+                                frame
+                            }
+                            None => break,
+                        },
+                        None => break,
+                    };
+                    bytes += next.size();
+                    batch.push(next);
+                }
+                if !batch.is_empty() {
+                    state.bytes -= bytes;
                     state.progress = std::time::Instant::now();
                     if state.bytes == 0 {
                         // A burst (a backlog after login, say) grew the lanes: give the
@@ -356,10 +505,10 @@ impl OutQueue {
                     if room {
                         self.drained.notify_waiters();
                     }
-                    return Some(frame);
+                    return true;
                 }
                 if state.closed {
-                    return None;
+                    return false;
                 }
             }
             notified.await;
@@ -368,45 +517,90 @@ impl OutQueue {
 }
 
 /// Writes queued frames until the queue is closed and empty, then closes the socket.
-/// Plaintext frames are sealed here, in the order they are written.
+/// Plaintext frames are sealed here, in the order they are written, a batch at a time:
+/// their CBC-MAC chains interleave, and the batch leaves in one write.
 pub async fn run_writer(
     mut writer: FrameWriter,
     queue: std::sync::Arc<OutQueue>,
 ) -> Result<(), TransportError> {
     let mut sealer: Option<FrameSealer> = None;
-    while let Some(frame) = queue.pop().await {
-        let sent = match frame {
-            Outbound::Ready(frame) => writer.send(&frame).await,
-            Outbound::Plain { mut frame, len } => {
-                if sealer.is_none() {
-                    sealer = queue.take_sealer();
-                }
-                match sealer.as_mut().map(|s| s.seal_in_place(&mut frame, len)) {
-                    Some(Ok(total)) => writer.send(frame.get(..total).unwrap_or_default()).await,
-                    Some(Err(e)) => Err(TransportError::Io(io::Error::other(format!("cannot seal: {e}")))),
-                    None => Err(TransportError::Io(io::Error::other("no sealer for a plaintext frame"))),
-                }
-            }
+    let mut batch = Vec::new();
+    let mut scratch = Vec::new();
+    while queue.pop_batch(&mut batch).await {
+        let sent = match seal_batch(&mut sealer, &queue, &mut batch) {
+            Ok(frames) => writer.send_all(&frames, &mut scratch).await,
+            Err(e) => Err(e),
         };
+        batch.clear();
         if let Err(e) = sent {
             queue.close();
             return Err(e);
+        }
+        if scratch.capacity() > WRITE_SCRATCH_KEPT && queue.bytes() == 0 {
+            // A transfer or a backlog ended: an idle connection keeps a small buffer.
+            scratch = Vec::new();
         }
     }
     writer.close().await;
     Ok(())
 }
 
+/// Bytes of gathering buffer a writer keeps between bursts.
+const WRITE_SCRATCH_KEPT: usize = 16 * 1024;
+
+/// Seals the plaintext frames of `batch` in place, as one batch, and returns every
+/// frame of it as it goes on the wire.
+fn seal_batch<'b>(
+    sealer: &mut Option<FrameSealer>,
+    queue: &OutQueue,
+    batch: &'b mut [Outbound],
+) -> Result<Vec<&'b [u8]>, TransportError> {
+    let plain = batch.iter().filter(|frame| matches!(frame, Outbound::Plain { .. })).count();
+    let mut totals = vec![0; plain];
+    if plain > 0 {
+        if sealer.is_none() {
+            *sealer = queue.take_sealer();
+        }
+        let sealer = sealer
+            .as_mut()
+            .ok_or_else(|| TransportError::Io(io::Error::other("no sealer for a plaintext frame")))?;
+        let mut frames: Vec<(&mut [u8], usize)> = batch
+            .iter_mut()
+            .filter_map(|frame| match frame {
+                Outbound::Plain { frame, len } => Some((frame.as_mut_slice(), *len)),
+                Outbound::Ready(_) => None,
+            })
+            .collect();
+        sealer
+            .seal_batch_in_place(&mut frames, &mut totals)
+            .map_err(|e| TransportError::Io(io::Error::other(format!("cannot seal: {e}"))))?;
+    }
+    let mut totals = totals.into_iter();
+    Ok(batch
+        .iter()
+        .map(|frame| match frame {
+            Outbound::Ready(frame) => frame.as_slice(),
+            Outbound::Plain { frame, .. } => frame.get(..totals.next().unwrap_or(0)).unwrap_or_default(),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn first_byte(frame: Option<Outbound>) -> u8 {
+    fn first_byte(frame: &Outbound) -> u8 {
         match frame {
-            Some(Outbound::Ready(frame)) => frame[0],
-            Some(Outbound::Plain { frame, .. }) => frame[1],
-            None => panic!("queue ended"),
+            Outbound::Ready(frame) => frame[0],
+            Outbound::Plain { frame, .. } => frame[1],
         }
+    }
+
+    /// One batch, as the writer would take it.
+    async fn batch(queue: &OutQueue) -> Vec<Outbound> {
+        let mut batch = Vec::new();
+        assert!(queue.pop_batch(&mut batch).await, "queue ended");
+        batch
     }
 
     fn plain(tag: u8) -> Outbound {
@@ -420,13 +614,17 @@ mod tests {
             queue.push(vec![0; 10]).unwrap();
         }
         assert!(queue.state().control.capacity() >= 1000);
-        for _ in 0..1000 {
-            assert!(queue.pop().await.is_some());
+        let mut popped = 0;
+        while popped < 1000 {
+            let taken = batch(&queue).await.len();
+            assert!(taken <= WRITE_BATCH_FRAMES);
+            popped += taken;
         }
+        assert_eq!(popped, 1000);
         assert!(queue.state().control.capacity() <= IDLE_LANE_CAPACITY, "the lane kept its burst capacity");
         // And it still works afterwards.
         queue.push(vec![1; 3]).unwrap();
-        assert!(matches!(queue.pop().await, Some(Outbound::Ready(frame)) if frame == vec![1; 3]));
+        assert!(matches!(&batch(&queue).await[..], [Outbound::Ready(frame)] if *frame == vec![1; 3]));
     }
 
     #[tokio::test]
@@ -437,11 +635,24 @@ mod tests {
         }
         queue.push(vec![1; 100]).unwrap();
         queue.push_to(plain(2), Lane::Control).unwrap();
-        let mut popped = Vec::new();
-        for _ in 0..5 {
-            popped.push(first_byte(queue.pop().await));
-        }
+        let popped: Vec<u8> = batch(&queue).await.iter().map(first_byte).collect();
         assert_eq!(popped, [1, 2, 10, 11, 12]);
+    }
+
+    /// A batch takes at most one sealing batch of file chunks, so a chat frame queued
+    /// while they are written goes out right after them, not after the whole transfer.
+    #[tokio::test]
+    async fn a_batch_holds_few_chunks_and_chat_queued_meanwhile_leads_the_next() {
+        let queue = OutQueue::new(1 << 20, 1 << 10);
+        for i in 0..20u8 {
+            queue.push_to(plain(10 + i), Lane::Bulk).unwrap();
+        }
+        let first: Vec<u8> = batch(&queue).await.iter().map(first_byte).collect();
+        assert_eq!(first, (10..10 + LANES as u8).collect::<Vec<_>>());
+        queue.push_to(plain(1), Lane::Control).unwrap();
+        let second: Vec<u8> = batch(&queue).await.iter().map(first_byte).collect();
+        assert_eq!(second[0], 1);
+        assert_eq!(second[1], 10 + LANES as u8);
     }
 
     /// The ordering test of the server side: a chat frame queued behind file chunks
@@ -497,8 +708,8 @@ mod tests {
         assert_eq!(queue.push(vec![0; 41]), Err(QueueFull));
         assert!(!queue.has_room());
         queue.close();
-        assert!(queue.pop().await.is_some());
+        assert_eq!(batch(&queue).await.len(), 1);
         assert!(queue.has_room());
-        assert!(queue.pop().await.is_none());
+        assert!(!queue.pop_batch(&mut Vec::new()).await);
     }
 }

@@ -313,6 +313,36 @@ async fn tampered_replayed_swapped_and_foreign_frames_close_the_attacker_only() 
     arena.nothing_lost().await;
 }
 
+/// The server opens the frames it has buffered as one batch. Good frames that arrive
+/// in the same write as an altered one are still handled, in order, and the altered
+/// one (and whatever follows it) still ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_batched_with_an_altered_one_are_handled_up_to_it_and_then_the_connection_closes() {
+    let mut arena = Arena::new().await;
+    let mut mallory = Raw::log_in(&arena.server, "mallory", "pm").await;
+    let mut bytes = Vec::new();
+    for nonce in 1..=4u64 {
+        let mut frame = mallory.seal(&ClientMessage::Ping { nonce });
+        if nonce == 3 {
+            let middle = frame.len() / 2;
+            frame[middle] ^= 0x01;
+        }
+        bytes.extend_from_slice(&length_prefix(frame.len()));
+        bytes.extend_from_slice(&frame);
+    }
+    // One write: the server reads all four frames at once.
+    mallory.socket.write_all(&bytes).await.unwrap();
+    let said = mallory.expect_closed("an altered frame in a batch").await;
+    let pongs: Vec<&String> = said.iter().filter(|s| s.starts_with("Pong")).collect();
+    assert_eq!(
+        pongs,
+        ["Pong { nonce: 1 }", "Pong { nonce: 2 }"],
+        "answered up to the altered frame: {said:?}"
+    );
+    arena.bystanders_chat("after an altered frame in a batch").await;
+    arena.nothing_lost().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_fields_inside_sealed_frames_close_the_connection_and_the_longest_valid_fields_work() {
     let mut arena = Arena::new().await;

@@ -11,7 +11,7 @@
 //! 4. Afterwards every frame gives one [`ServerEvent::Message`]; replies and
 //!    deliveries are sealed with [`ServerSession::seal`].
 
-use crate::aead::{Direction, FrameOpener, FrameSealer};
+use crate::aead::{Direction, FrameOpener, FrameSealer, plaintext_range};
 use crate::frame::{FrameError, FrameKind, frame_kind};
 use crate::handshake::{
     Handshake, KdfParams, ServerHello, Transcript, UserKey, derive_session_keys, public_key,
@@ -19,8 +19,8 @@ use crate::handshake::{
 use crate::limits::{FRAME_MIN, HANDSHAKE_FRAME_MAX, PROTOCOL_VERSION};
 use crate::message::{ClientMessage, Login, ServerMessage};
 use crate::session::{
-    AuthFailure, SessionError, decode_handshake, encode_handshake, encode_message, frame_limit, open_message,
-    seal_message,
+    AuthFailure, SessionError, decode_exact, decode_handshake, encode_handshake, encode_message, frame_limit,
+    open_message, seal_message,
 };
 use crate::types::Name;
 
@@ -243,6 +243,35 @@ impl ServerSession {
             return None;
         }
         self.sealer.take()
+    }
+
+    /// Hands the client-to-server opener to the code that reads frames, so it can open
+    /// several buffered frames at once ([`FrameOpener::open_batch_in_place`]).
+    /// Afterwards [`Self::handle_frame`] refuses sealed frames: that code must open
+    /// every frame, in order, and give [`Self::handle_opened`] only frames that opened.
+    pub fn take_opener(&mut self) -> Option<FrameOpener> {
+        if self.state != State::Established {
+            return None;
+        }
+        self.opener.take()
+    }
+
+    /// Handles a frame already opened by the opener from [`Self::take_opener`]: the
+    /// whole frame, its plaintext between the header byte and the tag.
+    pub fn handle_opened<'f>(&mut self, frame: &'f [u8]) -> Result<ServerEvent<'f>, SessionError> {
+        let result = if self.state != State::Established || self.opener.is_some() {
+            Err(SessionError::Unexpected)
+        } else {
+            match decode_exact(frame.get(plaintext_range(frame.len())).unwrap_or_default()) {
+                Ok(ClientMessage::Login(_)) => Err(SessionError::Unexpected),
+                Ok(message) => Ok(ServerEvent::Message(message)),
+                Err(e) => Err(e),
+            }
+        };
+        if result.is_err() {
+            self.state = State::Closed;
+        }
+        result
     }
 
     /// The user named in the hello (authenticated once [`Self::is_established`]).
