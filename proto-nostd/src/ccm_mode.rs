@@ -12,12 +12,12 @@
 //! arranges its calls, and `tests/aead_vectors.rs` checks it against published vectors,
 //! OpenSSL and the `ccm` crate.
 
-use aes::Aes128;
 use aes::cipher::array::Array;
 use aes::cipher::{
     Block, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, KeyInit,
     ParBlocks, ParBlocksSizeUser, consts::U16, typenum::Unsigned,
 };
+use aes::{Aes128, Aes128Enc};
 
 /// Nonce length: 13 bytes, which leaves L = 2 bytes for the message length.
 pub const CCM_NONCE_LEN: usize = 13;
@@ -47,7 +47,9 @@ pub enum CcmError {
 /// An AES-128-CCM key with a 13-byte nonce and a 16-byte tag.
 #[derive(Clone)]
 pub struct Aes128Ccm16 {
-    cipher: Aes128,
+    /// Encryption only: CTR and CBC-MAC never decrypt a block, and the decryption round
+    /// keys would double what every connection keeps per direction.
+    cipher: Aes128Enc,
 }
 
 impl core::fmt::Debug for Aes128Ccm16 {
@@ -60,7 +62,7 @@ impl core::fmt::Debug for Aes128Ccm16 {
 impl Aes128Ccm16 {
     /// Expands `key`.
     pub fn new(key: &[u8; 16]) -> Self {
-        Self { cipher: Aes128::new(&Array::from(*key)) }
+        Self { cipher: Aes128Enc::new(&Array::from(*key)) }
     }
 
     /// Encrypts `data` in place and returns the tag.

@@ -427,6 +427,21 @@ pub struct Limits {
     pub idle_secs: u16,
 }
 
+/// `ServerMessage::Deliver(message)` by reference: serializes to the same bytes, so a
+/// server fanning one stored message out to many sessions encodes it from where it is
+/// kept instead of copying the whole message (with its 2 KiB body buffer) per delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverRef<'a>(pub &'a ChatMessage);
+
+/// `Deliver`'s position among the variants of [`ServerMessage`].
+const DELIVER_VARIANT: u32 = 2;
+
+impl Serialize for DeliverRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_variant("ServerMessage", DELIVER_VARIANT, "Deliver", self.0)
+    }
+}
+
 /// A stored chat message or file announcement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {

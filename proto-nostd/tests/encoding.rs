@@ -79,6 +79,11 @@ fn server_messages_have_the_documented_bytes() {
         vec![0x02, 1, 2, 2, b'a', b'l', 0x00, 1, b'g', 3, 0x01, 4, 5, b'a', b'.', b't', b'x', b't', 5];
     expected.extend_from_slice(&[0x11; 32]);
     assert_eq!(enc(&deliver), expected);
+    // The by-reference form a server fans out with is the same bytes.
+    let ServerMessage::Deliver(message) = &deliver else { unreachable!() };
+    let mut by_reference = [0u8; 128];
+    let used = postcard::to_slice(&DeliverRef(message), &mut by_reference).unwrap();
+    assert_eq!(used, &expected[..]);
     let stored = ServerMessage::Stored { client_id: 300, seq: 1, at: 0 };
     assert_eq!(enc(&stored), [0x01, 0xac, 0x02, 0x01, 0x00]);
     let error =

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use casataa_proto::ServerSession;
@@ -129,53 +130,20 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// Serves one connection until it ends.
+///
+/// A task's future is as large as its largest await point, for as long as the task
+/// lives, so the steps an idle connection is not in are boxed: the handshake (with its
+/// session state) and the session (with the messages its handlers hold) are allocated
+/// only while they run, and what the task keeps for an idle connection stays small.
 pub async fn serve(ctx: Context, mut reader: FrameReader, writer: FrameWriter, peer: SocketAddr) {
     let queue = Arc::new(OutQueue::new(ctx.settings.out_queue_bytes, LOW_WATER));
     let writer_task = tokio::spawn(run_writer(writer, Arc::clone(&queue)));
     let addr = peer.to_string();
-    let outcome = match ctx.hub.begin_handshake(peer.ip()) {
-        None => {
-            push_refusal(&queue, Refusal::Busy);
-            None
-        }
-        Some(_slot) => {
-            match timeout(ctx.settings.handshake_timeout, handshake(&ctx, &mut reader, &queue, peer)).await {
-                Ok(Ok(accepted)) => Some(accepted),
-                Ok(Err(HandshakeEnd::Refuse(refusal))) => {
-                    push_refusal(&queue, refusal);
-                    None
-                }
-                Ok(Err(HandshakeEnd::AuthFailed { user, why })) => {
-                    ctx.hub
-                        .record(
-                            ActivityKind::LoginFailed,
-                            user.as_str(),
-                            &addr,
-                            format!("login failed: {why}"),
-                        )
-                        .await;
-                    // Every failure waits the same base delay, so the three reasons cannot
-                    // be told apart by timing; repeated failures from one address wait longer.
-                    let delay = ctx.hub.login_failed(peer.ip(), ctx.settings.login_failure_delay);
-                    sleep(delay).await;
-                    push_refusal(&queue, Refusal::AuthFailed);
-                    None
-                }
-                Ok(Err(HandshakeEnd::Gone(why))) => {
-                    tracing::debug!(%addr, "handshake ended: {why}");
-                    None
-                }
-                Err(_) => {
-                    tracing::debug!(%addr, "handshake deadline passed");
-                    None
-                }
-            }
-        }
-    };
-    let end = match outcome {
+    let accepted = Box::pin(handshake_phase(&ctx, &mut reader, &queue, peer, &addr)).await;
+    let end = match accepted {
         Some(accepted) => {
             ctx.hub.login_succeeded(peer.ip());
-            run_session(&ctx, reader, Arc::clone(&queue), accepted, addr.clone()).await
+            Box::pin(run_session(&ctx, reader, Arc::clone(&queue), accepted, addr.clone())).await
         }
         None => End::Transport("handshake did not complete".into()),
     };
@@ -185,6 +153,48 @@ pub async fn serve(ctx: Context, mut reader: FrameReader, writer: FrameWriter, p
         writer_task.abort();
     } else if timeout(Duration::from_secs(5), writer_task).await.is_err() {
         tracing::debug!(%addr, "writer did not finish in time");
+    }
+}
+
+/// The handshake within its deadline, and what a failed one leads to (the refusal,
+/// the log entry, the delay). The accepted login comes back boxed, so the caller's
+/// future keeps a pointer rather than the session state.
+async fn handshake_phase(
+    ctx: &Context,
+    reader: &mut FrameReader,
+    queue: &OutQueue,
+    peer: SocketAddr,
+    addr: &str,
+) -> Option<Box<Accepted>> {
+    let Some(_slot) = ctx.hub.begin_handshake(peer.ip()) else {
+        push_refusal(queue, Refusal::Busy);
+        return None;
+    };
+    match timeout(ctx.settings.handshake_timeout, handshake(ctx, reader, queue, peer)).await {
+        Ok(Ok(accepted)) => Some(Box::new(accepted)),
+        Ok(Err(HandshakeEnd::Refuse(refusal))) => {
+            push_refusal(queue, refusal);
+            None
+        }
+        Ok(Err(HandshakeEnd::AuthFailed { user, why })) => {
+            ctx.hub
+                .record(ActivityKind::LoginFailed, user.as_str(), addr, format!("login failed: {why}"))
+                .await;
+            // Every failure waits the same base delay, so the three reasons cannot
+            // be told apart by timing; repeated failures from one address wait longer.
+            let delay = ctx.hub.login_failed(peer.ip(), ctx.settings.login_failure_delay);
+            sleep(delay).await;
+            push_refusal(queue, Refusal::AuthFailed);
+            None
+        }
+        Ok(Err(HandshakeEnd::Gone(why))) => {
+            tracing::debug!(%addr, "handshake ended: {why}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "handshake deadline passed");
+            None
+        }
     }
 }
 
@@ -337,60 +347,25 @@ async fn run_session(
     ctx: &Context,
     mut reader: FrameReader,
     queue: Arc<OutQueue>,
-    accepted: Accepted,
+    accepted: Box<Accepted>,
     addr: String,
 ) -> End {
-    let Accepted { mut session, user, role, login } = accepted;
-    // From here on the writer seals, so that chat can overtake queued file chunks.
-    let Some(sealer) = session.take_sealer() else {
-        return End::Protocol(SessionError::NotEstablished);
-    };
-    queue.install_sealer(sealer);
-    // And the reader opens, so that frames already buffered open as one batch.
-    let Some(opener) = session.take_opener() else {
-        return End::Protocol(SessionError::NotEstablished);
-    };
-    reader.install_opener(opener);
-    let registration = ctx.hub.register(&user, login.kind, addr.clone());
-    let _ = registration.stats.queue.set(Arc::downgrade(&queue));
-    let kind = login.kind;
-    // Recorded beside the login rather than before the welcome: a login does not wait
-    // for a commit.
-    let (hub, who, from) = (Arc::clone(&ctx.hub), user.to_string(), addr.clone());
-    tokio::spawn(async move {
-        hub.record(ActivityKind::Connect, &who, &from, format!("{who} connected ({kind:?})")).await;
-    });
-    let name = user.to_string();
-    let device = login.device;
-    let cursor = match ctx.hub.store().read(move |conn| store::cursor(conn, &name, &device)).await {
+    let (name, device) = (accepted.user.to_string(), accepted.login.device);
+    let cursor = match Box::pin(ctx.hub.store().read(move |conn| store::cursor(conn, &name, &device))).await {
         Ok(cursor) => cursor,
         Err(e) => return End::Store(e),
     };
-    let mut live = Live {
-        ctx,
-        session,
-        queue,
-        registration,
-        user: user.clone(),
-        role,
-        device: login.device,
-        addr: addr.clone(),
-        sent_up_to: cursor,
-        acked: cursor,
-        persisted: cursor,
-        messages: Bucket::new(ctx.settings.messages_per_sec, ctx.settings.message_burst),
-        violations: 0,
-        activity: None,
-        backlog: true,
-        uploads: HashMap::new(),
-        failed_uploads: std::collections::HashSet::new(),
-        downloads: VecDeque::new(),
-        downloads_blocked: false,
+    // Built in a plain function and boxed: the session state is not a local of this
+    // future (nor are the pieces it is made of).
+    let mut live = match Live::start(ctx, accepted, queue, &mut reader, addr, cursor) {
+        Ok(live) => live,
+        Err(end) => return end,
     };
-    let end = live.run(&mut reader, cursor).await;
-    if let Err(e) = live.persist_cursor().await {
-        tracing::warn!("cannot save the cursor of {user}: {e}");
+    let end = Box::pin(live.run(&mut reader, cursor)).await;
+    if let Err(e) = Box::pin(live.persist_cursor()).await {
+        tracing::warn!("cannot save the cursor of {}: {e}", live.user);
     }
+    let user = live.user.to_string();
     let detail = match &end {
         End::Transport(why) => format!("{user} disconnected: {why}"),
         End::Protocol(e) => format!("{user} disconnected: protocol error: {e}"),
@@ -402,8 +377,59 @@ async fn run_session(
     } else {
         ActivityKind::Disconnect
     };
-    ctx.hub.record(kind, user.as_str(), &addr, detail).await;
+    Box::pin(ctx.hub.record(kind, &user, &live.addr, detail)).await;
     end
+}
+
+impl<'c> Live<'c> {
+    /// The session after a login: hands the keys to the writer and the reader,
+    /// registers with the hub, and starts from the device's `cursor`.
+    fn start(
+        ctx: &'c Context,
+        accepted: Box<Accepted>,
+        queue: Arc<OutQueue>,
+        reader: &mut FrameReader,
+        addr: String,
+        cursor: Seq,
+    ) -> Result<Box<Self>, End> {
+        let Accepted { mut session, user, role, login } = *accepted;
+        // From here on the writer seals, so that chat can overtake queued file chunks.
+        let sealer = session.take_sealer().ok_or(End::Protocol(SessionError::NotEstablished))?;
+        queue.install_sealer(sealer);
+        // And the reader opens, so that frames already buffered open as one batch.
+        let opener = session.take_opener().ok_or(End::Protocol(SessionError::NotEstablished))?;
+        reader.install_opener(opener);
+        let registration = ctx.hub.register(&user, login.kind, addr.clone());
+        let _ = registration.stats.queue.set(Arc::downgrade(&queue));
+        let kind = login.kind;
+        // Recorded beside the login rather than before the welcome: a login does not
+        // wait for a commit.
+        let (hub, who, from) = (Arc::clone(&ctx.hub), user.to_string(), addr.clone());
+        tokio::spawn(async move {
+            hub.record(ActivityKind::Connect, &who, &from, format!("{who} connected ({kind:?})")).await;
+        });
+        Ok(Box::new(Live {
+            ctx,
+            session,
+            queue,
+            registration,
+            user,
+            role,
+            device: login.device,
+            addr,
+            sent_up_to: cursor,
+            acked: cursor,
+            persisted: cursor,
+            messages: Bucket::new(ctx.settings.messages_per_sec, ctx.settings.message_burst),
+            violations: 0,
+            activity: None,
+            backlog: true,
+            uploads: HashMap::new(),
+            failed_uploads: std::collections::HashSet::new(),
+            downloads: VecDeque::new(),
+            downloads_blocked: false,
+        }))
+    }
 }
 
 impl Live<'_> {
@@ -420,6 +446,22 @@ impl Live<'_> {
         }
     }
 
+    /// The first message of a session. Not built inside [`Self::run`]: a message held
+    /// in a local there (3 KiB for a `ServerMessage`) would take room in the session's
+    /// future for as long as the connection lives.
+    fn send_welcome(&mut self, cursor: Seq) -> Result<(), End> {
+        let welcome = ServerMessage::Welcome(Welcome {
+            server_id: self.ctx.hub.store().server_id(),
+            server_name: truncated(&self.ctx.settings.server_name),
+            user: self.user.clone(),
+            role: self.role,
+            now: unix_millis(),
+            cursor,
+            limits: self.limits(),
+        });
+        self.send(&welcome)
+    }
+
     /// Encodes `message` and queues it; the writer seals it as it writes it. File
     /// chunks wait in the bulk lane, everything else overtakes them.
     fn send(&mut self, message: &ServerMessage<'_>) -> Result<(), End> {
@@ -432,6 +474,22 @@ impl Live<'_> {
             Ok::<_, SessionError>((scratch.get(..total).unwrap_or_default().to_vec(), len))
         })?;
         let lane = if matches!(message, ServerMessage::FileChunk(_)) { Lane::Bulk } else { Lane::Control };
+        self.queue_plain(frame, len, lane)
+    }
+
+    /// [`Self::send`] for a delivery, encoded by reference.
+    fn send_delivery(&mut self, message: &ChatMessage) -> Result<(), End> {
+        let (frame, len) = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let len = self.session.encode_delivery(message, &mut scratch)?;
+            let total = HEADER_LEN + len + TAG_LEN;
+            Ok::<_, SessionError>((scratch.get(..total).unwrap_or_default().to_vec(), len))
+        })?;
+        self.queue_plain(frame, len, Lane::Control)
+    }
+
+    /// Queues an encoded frame for the writer to seal, and counts it.
+    fn queue_plain(&mut self, frame: Vec<u8>, len: usize, lane: Lane) -> Result<(), End> {
         self.registration.stats.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
         self.registration.stats.messages_out.fetch_add(1, Ordering::Relaxed);
         self.queue.push_to(Outbound::Plain { frame, len }, lane)?;
@@ -443,16 +501,7 @@ impl Live<'_> {
     }
 
     async fn run(&mut self, reader: &mut FrameReader, cursor: Seq) -> End {
-        let welcome = ServerMessage::Welcome(Welcome {
-            server_id: self.ctx.hub.store().server_id(),
-            server_name: truncated(&self.ctx.settings.server_name),
-            user: self.user.clone(),
-            role: self.role,
-            now: unix_millis(),
-            cursor,
-            limits: self.limits(),
-        });
-        if let Err(end) = self.send(&welcome) {
+        if let Err(end) = self.send_welcome(cursor) {
             return end;
         }
         let mut latest = self.ctx.hub.store().latest_seq();
@@ -470,7 +519,7 @@ impl Live<'_> {
         loop {
             if self.backlog
                 && self.queue.has_room()
-                && let Err(end) = self.deliver_more().await
+                && let Err(end) = Box::pin(self.deliver_more()).await
             {
                 return end;
             }
@@ -489,7 +538,7 @@ impl Live<'_> {
                         last_heard = Instant::now();
                         ping_sent = false;
                         self.registration.stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                        self.on_frame(&mut frame, &mut pending).await
+                        Box::pin(self.on_frame(&mut frame, &mut pending)).await
                     }
                     Ok(None) => Err(End::Transport("closed by the client".into())),
                     Err(TransportError::Open(e)) => Err(End::Protocol(SessionError::Open(e))),
@@ -498,7 +547,7 @@ impl Live<'_> {
                 Some((client_id, result)) = pending.next(), if !pending.is_empty() => {
                     self.on_stored(client_id, result)
                 }
-                Some(event) = self.registration.events.recv() => self.on_hub_event(event),
+                event = self.registration.events.recv() => self.on_hub_event(event),
                 event = recv_activity(&mut self.activity), if self.activity.is_some() => {
                     match event {
                         Some(event) => self.send(&ServerMessage::Activity(event)),
@@ -515,7 +564,7 @@ impl Live<'_> {
                 () = self.queue.wait_for_room(), if (self.backlog || self.downloads_blocked) && !self.queue.has_room() => Ok(()),
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    if let Err(e) = self.persist_cursor().await {
+                    if let Err(e) = Box::pin(self.persist_cursor()).await {
                         return End::Store(e);
                     }
                     if self.queue.bytes() > 0 && self.queue.stalled_for() > stall {
@@ -565,23 +614,26 @@ impl Live<'_> {
                 Target::Room(room) => rooms.contains(room),
                 Target::User(peer) => peer == user || &m.from == user,
             });
-            let batch: Vec<ChatMessage> = match recent {
-                Some(messages) => messages.iter().map(|m| ChatMessage::clone(m)).collect(),
-                None => {
-                    self.ctx
-                        .hub
-                        .store()
-                        .messages_for(self.user.to_string(), self.sent_up_to, PULL_BATCH)
-                        .await?
-                }
+            // Encoded from where the messages are kept: no copy of each message.
+            let batch: Vec<Arc<ChatMessage>> = match recent {
+                Some(messages) => messages,
+                None => self
+                    .ctx
+                    .hub
+                    .store()
+                    .messages_for(self.user.to_string(), self.sent_up_to, PULL_BATCH)
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect(),
             };
             let Some(last) = batch.last().map(|m| m.seq) else {
                 self.backlog = false;
                 return Ok(());
             };
             let delivered = batch.len() as u64;
-            for message in batch {
-                self.send(&ServerMessage::Deliver(message))?;
+            for message in &batch {
+                self.send_delivery(message)?;
             }
             self.registration.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
             self.sent_up_to = last;
@@ -726,7 +778,7 @@ impl Live<'_> {
         };
         let store = self.ctx.hub.store().clone();
         let addr = self.addr.clone();
-        pending.push_back(Box::pin(async move {
+        let mut storing: Pending = Box::pin(async move {
             let result = store
                 .append_with(message, move |conn, message, appended| {
                     if appended.duplicate {
@@ -750,7 +802,15 @@ impl Live<'_> {
                 })
                 .await;
             (client_id, result)
-        }));
+        });
+        // Polled once now, which queues the write: the store writes in the order jobs
+        // are queued, and a write first polled later, in the loop, could be overtaken
+        // by one a later frame of this session awaits directly (a file announcement).
+        let first_poll = std::future::poll_fn(|cx| Poll::Ready(storing.as_mut().poll(cx))).await;
+        if let Poll::Ready(done) = first_poll {
+            storing = Box::pin(std::future::ready(done));
+        }
+        pending.push_back(storing);
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 //! there (see `connection.rs`), so a session that falls behind reads from the store
 //! instead of growing a queue, and offline catch-up and live delivery are one code path.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use casataa_proto::message::{ActivityEvent, ActivityKind, CloseReason, Presence, SessionInfo};
 use casataa_proto::types::{ClientKind, Name, Role, Target, truncated};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::metrics::{Snapshot, Totals};
 use crate::store::{NewActivity, Store, StoreError};
@@ -83,12 +83,58 @@ impl Closer {
     }
 }
 
+/// A session's hub events: a bounded queue that holds no memory while it is empty (a
+/// channel would keep a block of slots for every idle connection).
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<HubEvent>>,
+    ready: tokio::sync::Notify,
+}
+
+/// The mailbox held [`EVENT_QUEUE`] events: its session is not reading.
+#[derive(Debug)]
+struct MailboxFull;
+
+impl Mailbox {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<HubEvent>> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, event: HubEvent) -> Result<(), MailboxFull> {
+        let mut queue = self.queue();
+        if queue.len() >= EVENT_QUEUE {
+            return Err(MailboxFull);
+        }
+        queue.push_back(event);
+        drop(queue);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next event. Cancel-safe: an event is taken only when it is returned.
+    pub async fn recv(&self) -> HubEvent {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut queue = self.queue();
+                if let Some(event) = queue.pop_front() {
+                    if queue.is_empty() && queue.capacity() > 8 {
+                        queue.shrink_to(0);
+                    }
+                    return event;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
 struct SessionEntry {
     user: Name,
     kind: ClientKind,
     addr: String,
     since: u64,
-    events: mpsc::Sender<HubEvent>,
+    events: Arc<Mailbox>,
     closer: Arc<Closer>,
     stats: Arc<SessionStats>,
     watches_sessions: bool,
@@ -98,7 +144,7 @@ impl SessionEntry {
     /// Queues an event; a session whose queue is full is not reading: close it (its
     /// chat messages wait in the store).
     fn deliver(&self, event: HubEvent) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
+        if self.events.push(event).is_err() {
             self.closer.close(CloseReason::TooSlow);
         }
     }
@@ -148,7 +194,7 @@ pub struct Registration {
     /// The session's id.
     pub id: u64,
     /// Events for the session.
-    pub events: mpsc::Receiver<HubEvent>,
+    pub events: Arc<Mailbox>,
     /// The session's counters.
     pub stats: Arc<SessionStats>,
     /// Fires when the session must close.
@@ -245,7 +291,7 @@ impl Hub {
     /// Registers an authenticated session.
     pub fn register(self: &Arc<Self>, user: &Name, kind: ClientKind, addr: String) -> Registration {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let events = Arc::new(Mailbox::default());
         let stats = Arc::new(SessionStats::default());
         let closer = Arc::new(Closer::default());
         let already_shown = {
@@ -260,7 +306,7 @@ impl Hub {
                     kind,
                     addr,
                     since: unix_millis(),
-                    events: events_tx,
+                    events: Arc::clone(&events),
                     closer: Arc::clone(&closer),
                     stats: Arc::clone(&stats),
                     watches_sessions: false,
@@ -429,7 +475,7 @@ impl Hub {
         let state = self.state();
         for session in state.sessions.values().filter(|s| s.watches_sessions) {
             // A snapshot is coming anyway if the queue already holds one.
-            let _ = session.events.try_send(HubEvent::SessionsChanged);
+            let _ = session.events.push(HubEvent::SessionsChanged);
         }
     }
 
@@ -542,5 +588,42 @@ impl Drop for HandshakeGuard {
                 throttle.in_flight.remove(&self.ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_mailbox_is_bounded_keeps_order_and_holds_nothing_once_drained() {
+        let mailbox = Mailbox::default();
+        assert_eq!(mailbox.queue().capacity(), 0, "an idle session's mailbox holds no memory");
+        for _ in 0..EVENT_QUEUE {
+            mailbox.push(HubEvent::SessionsChanged).unwrap();
+        }
+        assert!(
+            mailbox.push(HubEvent::SessionsChanged).is_err(),
+            "a session that does not read is found out"
+        );
+        for _ in 0..EVENT_QUEUE {
+            assert!(matches!(mailbox.recv().await, HubEvent::SessionsChanged));
+        }
+        assert_eq!(mailbox.queue().capacity(), 0, "the room a burst took is given back");
+        let typing = |who: &str| HubEvent::Typing {
+            from: Name::new(who).unwrap(),
+            to: Target::Room(Name::new("general").unwrap()),
+        };
+        mailbox.push(typing("a")).unwrap();
+        mailbox.push(typing("b")).unwrap();
+        let first = mailbox.recv().await;
+        let second = mailbox.recv().await;
+        assert!(matches!(first, HubEvent::Typing { from, .. } if from.as_str() == "a"));
+        assert!(matches!(second, HubEvent::Typing { from, .. } if from.as_str() == "b"));
+        // A receive that is cancelled takes nothing: the event waits for the next one.
+        let waiting = tokio::time::timeout(Duration::from_millis(20), mailbox.recv()).await;
+        assert!(waiting.is_err());
+        mailbox.push(typing("c")).unwrap();
+        assert!(matches!(mailbox.recv().await, HubEvent::Typing { from, .. } if from.as_str() == "c"));
     }
 }

@@ -22,7 +22,7 @@ use casataa_proto::ccm_mode::LANES;
 use casataa_proto::frame::{FrameError, StreamItem, check_datagram, decode_stream, length_prefix};
 use casataa_proto::limits::LEN_PREFIX_LEN;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use warp::ws::{Message, WebSocket};
@@ -59,6 +59,12 @@ const BULK_READ: usize = 8 * 64 * 1024;
 /// What a TCP reader asks for while frames are small, and the buffer it keeps once it
 /// has drained: an idle connection holds no more than this.
 const SMALL_READ: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a worker thread reads small frames before they are copied out at their
+    /// size.
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; SMALL_READ].into_boxed_slice());
+}
 
 /// The receiving half of a connection: whole frames, opened once the session hands
 /// over its opener ([`Self::install_opener`]).
@@ -170,21 +176,47 @@ impl Source {
                     }
                 }
                 if !frames.is_empty() {
-                    if buf.is_empty() && buf.capacity() > SMALL_READ {
-                        // A transfer ended: give the batch-sized buffer back.
+                    if buf.is_empty() {
+                        // Nothing partial waits: hold no buffer while the connection is
+                        // idle (the frames keep what they use of it).
                         *buf = BytesMut::new();
                     }
                     return Ok(Some(frames));
                 }
-                // A large frame on the way means a transfer: read several at once.
-                let room = if wanted > SMALL_READ { BULK_READ } else { SMALL_READ.max(wanted) };
-                buf.reserve(room.saturating_sub(buf.len()));
-                if half.read_buf(buf).await.map_err(TransportError::Io)? == 0 {
-                    return if buf.is_empty() {
-                        Ok(None)
-                    } else {
-                        Err(TransportError::Io(io::ErrorKind::UnexpectedEof.into()))
-                    };
+                // Wait for data before taking room for it, so that an idle connection
+                // holds no read buffer at all.
+                half.readable().await.map_err(TransportError::Io)?;
+                let read = if wanted > SMALL_READ {
+                    // A large frame on the way means a transfer: read several at once,
+                    // straight into the buffer.
+                    buf.reserve(BULK_READ.saturating_sub(buf.len()));
+                    half.try_read_buf(buf)
+                } else {
+                    // Small frames: read into the thread's scratch and keep only the
+                    // bytes that came, so the buffer is no larger than what waits.
+                    READ_SCRATCH.with(|scratch| {
+                        let mut scratch = scratch.borrow_mut();
+                        let n = half.try_read(&mut scratch[..])?;
+                        buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+                        Ok(n)
+                    })
+                };
+                match read {
+                    Ok(0) => {
+                        return if buf.is_empty() {
+                            Ok(None)
+                        } else {
+                            Err(TransportError::Io(io::ErrorKind::UnexpectedEof.into()))
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // The readiness was stale: wait again, without the room.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
+                    Err(e) => return Err(TransportError::Io(e)),
                 }
             },
             Self::Ws(stream) => loop {
@@ -536,8 +568,8 @@ pub async fn run_writer(
             queue.close();
             return Err(e);
         }
-        if scratch.capacity() > WRITE_SCRATCH_KEPT && queue.bytes() == 0 {
-            // A transfer or a backlog ended: an idle connection keeps a small buffer.
+        if queue.bytes() == 0 && scratch.capacity() > WRITE_SCRATCH_KEPT {
+            // Nothing waits: an idle connection keeps no large buffer.
             scratch = Vec::new();
         }
     }
@@ -545,8 +577,9 @@ pub async fn run_writer(
     Ok(())
 }
 
-/// Bytes of gathering buffer a writer keeps between bursts.
-const WRITE_SCRATCH_KEPT: usize = 16 * 1024;
+/// Bytes of gathering buffer a writer keeps once its queue is empty: enough for the
+/// chat of a busy connection without an allocation per write.
+const WRITE_SCRATCH_KEPT: usize = 1024;
 
 /// Seals the plaintext frames of `batch` in place, as one batch, and returns every
 /// frame of it as it goes on the wire.
@@ -588,6 +621,7 @@ fn seal_batch<'b>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn first_byte(frame: &Outbound) -> u8 {
         match frame {

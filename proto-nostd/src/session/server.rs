@@ -17,7 +17,7 @@ use crate::handshake::{
     Handshake, KdfParams, ServerHello, Transcript, UserKey, derive_session_keys, public_key,
 };
 use crate::limits::{FRAME_MIN, HANDSHAKE_FRAME_MAX, PROTOCOL_VERSION};
-use crate::message::{ClientMessage, Login, ServerMessage};
+use crate::message::{ChatMessage, ClientMessage, DeliverRef, Login, ServerMessage};
 use crate::session::{
     AuthFailure, SessionError, decode_exact, decode_handshake, encode_handshake, encode_message, frame_limit,
     open_message, seal_message,
@@ -233,6 +233,15 @@ impl ServerSession {
             return Err(SessionError::NotEstablished);
         }
         encode_message(message, out, self.client_max_frame)
+    }
+
+    /// Like [`Self::encode`] for `ServerMessage::Deliver(message)`, without moving the
+    /// message: the same bytes.
+    pub fn encode_delivery(&self, message: &ChatMessage, out: &mut [u8]) -> Result<usize, SessionError> {
+        if self.state != State::Established {
+            return Err(SessionError::NotEstablished);
+        }
+        encode_message(&DeliverRef(message), out, self.client_max_frame)
     }
 
     /// Hands the server-to-client sealer to the code that writes frames. Afterwards

@@ -85,6 +85,15 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A clean stop first (a profiler wrapped around the server writes its data then),
+        // a kill if it takes too long.
+        let stopped = rustix::process::Pid::from_raw(self.child.id() as i32)
+            .and_then(|pid| rustix::process::kill_process(pid, rustix::process::Signal::TERM).ok())
+            .is_some();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stopped && Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data);
@@ -474,6 +483,24 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
 }
 
+/// Raises this process's open-file limit (which the server it starts inherits) to
+/// what the run needs, as far as the hard limit allows; says so when that is too low.
+fn raise_open_file_limit(needed: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let needed = needed as u64;
+    if limit.current.is_none_or(|current| current >= needed) {
+        return;
+    }
+    let raised = limit.maximum.map_or(needed, |maximum| maximum.min(needed));
+    let new = rustix::process::Rlimit { current: Some(raised), maximum: limit.maximum };
+    if setrlimit(Resource::Nofile, new).is_err() || raised < needed {
+        eprintln!(
+            "warning: open-file limit {raised} is below the {needed} this run needs; raise the hard limit (ulimit -Hn)"
+        );
+    }
+}
+
 async fn idle_memory(server: &Server, key: &UserKey, count: usize) -> anyhow::Result<f64> {
     let before = rss_kib(server.child.id())?;
     let mut clients = Vec::new();
@@ -838,6 +865,7 @@ async fn compare(args: &Args, server: &Server) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    raise_open_file_limit(args.idle + args.clients.iter().sum::<usize>() + 1_000);
     let server = start_server(&args.server_bin)?;
     if args.mode == "compare" {
         let max_n = args.clients.iter().copied().max().unwrap_or(10);
@@ -874,6 +902,15 @@ async fn main() -> anyhow::Result<()> {
 
     let mut json = String::from("{\n");
     println!("{:<44} {:>14}", "measurement", "value");
+    // First, while the room is still empty: an idle connection is one with nothing to
+    // receive. Measured after the chat runs, each new device would be sent the whole
+    // room history and hold it unread, which is a backlog, not an idle connection.
+    let per_conn = idle_memory(&server, &key, args.idle).await?;
+    println!(
+        "{:<44} {:>11.1} KiB",
+        format!("server RSS per idle connection ({})", args.idle),
+        per_conn / 1024.0
+    );
     for &n in &args.clients {
         let rate = throughput(&server.tcp, n, args.seconds).await?;
         println!("{:<44} {:>14.0}", format!("deliveries/s, {n} clients in one room"), rate);
@@ -897,12 +934,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let hs = handshakes(&server.tcp, &key, args.handshakes).await?;
     println!("{:<44} {:>14.0}", "handshakes/s (8 concurrent, key provided)", hs);
-    let per_conn = idle_memory(&server, &key, args.idle).await?;
-    println!(
-        "{:<44} {:>11.1} KiB",
-        format!("server RSS per idle connection ({})", args.idle),
-        per_conn / 1024.0
-    );
     json.push_str(&format!(
         "  \"handshakes_per_sec\": {hs:.1},\n  \"rss_bytes_per_idle_connection\": {per_conn:.0},\n"
     ));
