@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use casataa_proto::ClientSession;
 use casataa_proto::aead::{BatchError, FrameOpener, OpenError};
 use casataa_proto::ccm_mode::LANES;
@@ -128,8 +128,8 @@ pub enum Event {
         file: u64,
         /// Where the data goes.
         offset: u64,
-        /// The bytes.
-        data: Vec<u8>,
+        /// The bytes: a view of the received frame, not a copy.
+        data: Bytes,
     },
 }
 
@@ -447,21 +447,25 @@ impl Client {
         }
         loop {
             let frame = self.next_opened().await?;
-            match self.session.handle_opened(&frame)? {
-                Some(ClientEvent::Received(message)) => {
-                    return Ok(match message.into_owned() {
-                        Ok(message) => Event::Message(message),
-                        Err(chunk) => {
-                            Event::Chunk { file: chunk.file, offset: chunk.offset, data: chunk.data.to_vec() }
-                        }
-                    });
-                }
+            let (file, offset, range) = match self.session.handle_opened(&frame)? {
+                Some(ClientEvent::Received(message)) => match message.into_owned() {
+                    Ok(message) => return Ok(Event::Message(message)),
+                    Err(chunk) => {
+                        // Where the chunk's bytes lie in the frame: the event shares them.
+                        let start = (chunk.data.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
+                        (chunk.file, chunk.offset, start..start + chunk.data.len())
+                    }
+                },
                 Some(ClientEvent::Refused(why)) => return Err(ClientError::Refused(why)),
                 Some(ClientEvent::KeyNeeded(_)) => {
                     return Err(ClientError::Protocol(SessionError::Unexpected));
                 }
-                None => {}
+                None => continue,
+            };
+            if range.end > frame.len() {
+                return Err(ClientError::Protocol(SessionError::Decode));
             }
+            return Ok(Event::Chunk { file, offset, data: frame.freeze().slice(range) });
         }
     }
 

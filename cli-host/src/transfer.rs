@@ -223,7 +223,7 @@ pub async fn download(
     out.seek(SeekFrom::Start(start))?;
     // Writing and hashing run on a blocking thread beside the connection, which opens
     // the next frames meanwhile: together they cost about as much as the decryption.
-    let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let (chunks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let storing = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
         while let Some(data) = incoming.blocking_recv() {
             out.write_all(&data)?;
@@ -259,7 +259,7 @@ async fn receive_chunks(
     id: FileId,
     info: &FileInfo,
     start: u64,
-    chunks: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    chunks: &tokio::sync::mpsc::Sender<bytes::Bytes>,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<(), TransferError> {
     let stopped = || TransferError::Io(std::io::Error::other("the file writer stopped"));

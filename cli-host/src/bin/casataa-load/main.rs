@@ -66,6 +66,10 @@ struct Args {
     /// Size of the file in the `files` run, in MiB.
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
+    /// Uploads and downloads in the `files` run (each of a different file); the
+    /// figures are their medians.
+    #[arg(long, default_value_t = 3)]
+    trials: usize,
     /// The `mosquitto` binary, for `--mode compare`.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto_bin: PathBuf,
@@ -558,10 +562,10 @@ fn ccm_throughput(bytes: u64) -> anyhow::Result<f64> {
     Ok(done as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 
-fn write_random_file(path: &Path, bytes: u64) -> anyhow::Result<()> {
+fn write_random_file(path: &Path, bytes: u64, seed: u64) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut state = 0x2545_f491_4f6c_dd1du64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut block = vec![0u8; 1 << 16];
     let mut written = 0;
     while written < bytes {
@@ -630,33 +634,30 @@ async fn chat_latency_during<F: Future<Output = anyhow::Result<()>>>(
     Ok((percentile(&samples, 0.5), percentile(&samples, 0.99), outcome))
 }
 
-async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
+/// One upload and one download of a fresh file: rates in MB/s and CPU per side.
+struct Trial {
+    upload_mb_s: f64,
+    download_mb_s: f64,
+    upload_cpu: CpuSpent,
+    download_cpu: CpuSpent,
+    chat_p50_ms: f64,
+    chat_p99_ms: f64,
+}
+
+async fn file_trial(server: &Server, dir: &Path, bytes: u64, trial: usize) -> anyhow::Result<Trial> {
     use casataa_cli::transfer::{self, Destination};
-    let bytes = args.file_mib << 20;
-    let dir = server.data.join("bench-files");
-    std::fs::create_dir_all(&dir)?;
-    let source = dir.join("payload.bin");
-    write_random_file(&source, bytes)?;
-
-    let tcp = loopback_tcp(bytes).await?;
-    let ccm = ccm_throughput(bytes)?;
-    println!("{:<44} {:>10.0} MB/s", "raw loopback TCP", tcp);
-    println!("{:<44} {:>10.0} MB/s", "AES-128-CCM seal, one core", ccm);
-
-    let (base_p50, base_p99, _) = chat_latency_during(&server.tcp, async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        Ok(())
-    })
-    .await?;
-
-    let mut uploader = connect(&server.tcp, "load0", Secret::Passphrase(PASSPHRASE.into()), 60_000).await?;
+    let source = dir.join(format!("payload-{trial}.bin"));
+    // A different file each time: the server stores identical content once.
+    write_random_file(&source, bytes, trial as u64)?;
+    let mut uploader =
+        connect(&server.tcp, "load0", Secret::Passphrase(PASSPHRASE.into()), 60_000 + trial * 2).await?;
     let started = Arc::new(std::sync::Mutex::new(None::<(Instant, (f64, f64))>));
     let marks = Arc::clone(&started);
     let upload_result = Arc::new(std::sync::Mutex::new(None));
     let result_slot = Arc::clone(&upload_result);
     let source_path = source.clone();
     let server_pid = server.child.id();
-    let (up_p50, up_p99, outcome) = chat_latency_during(&server.tcp, async move {
+    let (chat_p50_ms, chat_p99_ms, outcome) = chat_latency_during(&server.tcp, async move {
         let id = transfer::upload(&mut uploader, &source_path, general()?, |done, _| {
             if done == 0 {
                 // The clock and the CPU counters start once the file is hashed and offered.
@@ -679,54 +680,106 @@ async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
         upload_result.lock().map_err(|_| anyhow::anyhow!("lock"))?.take().context("upload")?;
     let (upload_time, upload_cpu) = upload_time.context("no progress")?;
     let upload_cpu = upload_cpu?;
-    let upload_rate = bytes as f64 / upload_time.as_secs_f64() / 1e6;
 
     // The payload is no longer needed. Removed now, its page cache is free again before
-    // the download writes another 1 GiB: on a virtual machine, memory the guest has not
-    // touched before costs several times more to fill (measured here: 2.3-3.1 s per GiB
-    // against 0.5 s), which would be charged to the client's file writes.
+    // the download writes another file as large: on a virtual machine, memory the guest
+    // has not touched before costs several times more to fill (measured here: 2.3-3.1 s
+    // per GiB against 0.5 s), which would be charged to the client's file writes.
     std::fs::remove_file(&source)?;
-    let mut downloader = connect(&server.tcp, "load3", Secret::Passphrase(PASSPHRASE.into()), 60_001).await?;
+    let mut downloader =
+        connect(&server.tcp, "load3", Secret::Passphrase(PASSPHRASE.into()), 60_001 + trial * 2).await?;
     let out = dir.join("out");
     std::fs::create_dir_all(&out)?;
     let before_download = cpu_marks(server_pid)?;
     let download_started = Instant::now();
-    let mut first = None;
-    let (path, _) = transfer::download(&mut downloader, id, Destination::Directory(out), |done, _| {
-        if done == 0 {
-            first.get_or_insert_with(Instant::now);
-        }
-    })
-    .await?;
+    let (path, info) =
+        transfer::download(&mut downloader, id, Destination::Directory(out), |_, _| {}).await?;
     let download_time = download_started.elapsed();
     let download_cpu = cpu_since(server_pid, before_download)?;
-    let download_rate = bytes as f64 / download_time.as_secs_f64() / 1e6;
     std::fs::remove_file(path)?;
+    // And the server's copy, for the same reason (the benchmark owns this data
+    // directory; a real server keeps its files).
+    let hex: String = info.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = std::fs::remove_file(server.data.join("files").join(hex.get(..2).unwrap_or("00")).join(&hex));
+    Ok(Trial {
+        upload_mb_s: bytes as f64 / upload_time.as_secs_f64() / 1e6,
+        download_mb_s: bytes as f64 / download_time.as_secs_f64() / 1e6,
+        upload_cpu,
+        download_cpu,
+        chat_p50_ms,
+        chat_p99_ms,
+    })
+}
+
+/// The middle value (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
+    let bytes = args.file_mib << 20;
+    let dir = server.data.join("bench-files");
+    std::fs::create_dir_all(&dir)?;
+
+    let tcp = loopback_tcp(bytes).await?;
+    let ccm = ccm_throughput(bytes)?;
+    println!("{:<44} {:>10.0} MB/s", "raw loopback TCP", tcp);
+    println!("{:<44} {:>10.0} MB/s", "AES-128-CCM seal, one core", ccm);
+
+    let (base_p50, base_p99, _) = chat_latency_during(&server.tcp, async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok(())
+    })
+    .await?;
+
+    let mut trials = Vec::new();
+    for trial in 0..args.trials.max(1) {
+        let t = file_trial(server, &dir, bytes, trial).await?;
+        println!(
+            "{:<44} {:>5.0} / {:.0} MB/s",
+            format!("trial {}: upload / download", trial + 1),
+            t.upload_mb_s,
+            t.download_mb_s
+        );
+        trials.push(t);
+    }
+    let pick = |f: fn(&Trial) -> f64| median(trials.iter().map(f).collect());
+    let upload_rate = pick(|t| t.upload_mb_s);
+    let download_rate = pick(|t| t.download_mb_s);
     let ceiling = tcp.min(ccm);
     println!(
         "{:<44} {:>10.0} MB/s ({:.0}% of the ceiling)",
-        "upload (transfer, server verifies)",
+        "upload, median (transfer, server verifies)",
         upload_rate,
         upload_rate / ceiling * 100.0
     );
     println!(
         "{:<44} {:>10.0} MB/s ({:.0}% of the ceiling)",
-        "download (client verifies)",
+        "download, median (client verifies)",
         download_rate,
         download_rate / ceiling * 100.0
     );
     // CPU per byte says what each side costs whatever the other processes on the
     // machine do: the rate one side could reach with a core to itself is its inverse.
-    let ns_per_byte = |seconds: f64| seconds * 1e9 / bytes as f64;
-    let (up_server, up_client) = (ns_per_byte(upload_cpu.server), ns_per_byte(upload_cpu.client));
-    let (down_server, down_client) = (ns_per_byte(download_cpu.server), ns_per_byte(download_cpu.client));
+    let ns_per_byte = |cpu_seconds: fn(&Trial) -> f64| pick(cpu_seconds) * 1e9 / bytes as f64;
+    let up_server = ns_per_byte(|t| t.upload_cpu.server);
+    let up_client = ns_per_byte(|t| t.upload_cpu.client);
+    let down_server = ns_per_byte(|t| t.download_cpu.server);
+    let down_client = ns_per_byte(|t| t.download_cpu.client);
+    let (up_p50, up_p99) = (pick(|t| t.chat_p50_ms), pick(|t| t.chat_p99_ms));
     println!("{:<44} {:>7.2} / {:.2} ns per byte", "upload CPU, server / client", up_server, up_client);
     println!("{:<44} {:>7.2} / {:.2} ns per byte", "download CPU, server / client", down_server, down_client);
     println!("{:<44} {:>10.2} ns per byte", "AES-128-CCM seal, one core", 1e3 / ccm);
     println!("{:<44} {:>8.2} ms / {:.2} ms", "chat p50 / p99 without a transfer", base_p50, base_p99);
-    println!("{:<44} {:>8.2} ms / {:.2} ms", "chat p50 / p99 during the upload", up_p50, up_p99);
+    println!("{:<44} {:>8.2} ms / {:.2} ms", "chat p50 / p99 during the uploads", up_p50, up_p99);
+    let list =
+        |f: fn(&Trial) -> f64| trials.iter().map(|t| format!("{:.1}", f(t))).collect::<Vec<_>>().join(", ");
     Ok(format!(
-        "{{\n  \"file_bytes\": {bytes},\n  \"loopback_tcp_mb_s\": {tcp:.1},\n  \"ccm_seal_one_core_mb_s\": {ccm:.1},\n  \"upload_mb_s\": {upload_rate:.1},\n  \"download_mb_s\": {download_rate:.1},\n  \"chat_p50_ms_idle\": {base_p50:.3},\n  \"chat_p99_ms_idle\": {base_p99:.3},\n  \"chat_p50_ms_during_upload\": {up_p50:.3},\n  \"chat_p99_ms_during_upload\": {up_p99:.3},\n  \"upload_cpu_ns_per_byte_server\": {up_server:.3},\n  \"upload_cpu_ns_per_byte_client\": {up_client:.3},\n  \"download_cpu_ns_per_byte_server\": {down_server:.3},\n  \"download_cpu_ns_per_byte_client\": {down_client:.3}\n}}\n"
+        "{{\n  \"file_bytes\": {bytes},\n  \"trials\": {},\n  \"loopback_tcp_mb_s\": {tcp:.1},\n  \"ccm_seal_one_core_mb_s\": {ccm:.1},\n  \"upload_mb_s\": {upload_rate:.1},\n  \"download_mb_s\": {download_rate:.1},\n  \"upload_mb_s_each\": [{}],\n  \"download_mb_s_each\": [{}],\n  \"chat_p50_ms_idle\": {base_p50:.3},\n  \"chat_p99_ms_idle\": {base_p99:.3},\n  \"chat_p50_ms_during_upload\": {up_p50:.3},\n  \"chat_p99_ms_during_upload\": {up_p99:.3},\n  \"upload_cpu_ns_per_byte_server\": {up_server:.3},\n  \"upload_cpu_ns_per_byte_client\": {up_client:.3},\n  \"download_cpu_ns_per_byte_server\": {down_server:.3},\n  \"download_cpu_ns_per_byte_client\": {down_client:.3}\n}}\n",
+        trials.len(),
+        list(|t| t.upload_mb_s),
+        list(|t| t.download_mb_s),
     ))
 }
 
