@@ -134,6 +134,9 @@ pub async fn upload(
     }
 }
 
+/// Bytes of a download written between syncs of its partial file.
+const SYNC_EVERY: u64 = 16 << 20;
+
 /// Feeds whatever is written into a hasher.
 struct HashWriter<'h>(&'h mut Sha256);
 
@@ -225,10 +228,27 @@ pub async fn download(
     // the next frames meanwhile: together they cost about as much as the decryption.
     let (chunks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let storing = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
+        // Synced as it goes, on a thread of its own, so the sync at the end does not
+        // wait for the whole file to reach the disk; at most two rounds are unsynced.
+        let mut unsynced = 0u64;
+        let mut syncing: Option<std::thread::JoinHandle<std::io::Result<()>>> = None;
+        let finish_sync = |syncing: Option<std::thread::JoinHandle<std::io::Result<()>>>| {
+            syncing.map_or(Ok(()), |sync| {
+                sync.join().unwrap_or_else(|_| Err(std::io::Error::other("sync panicked")))
+            })
+        };
         while let Some(data) = incoming.blocking_recv() {
             out.write_all(&data)?;
             hasher.update(&data);
+            unsynced += data.len() as u64;
+            if unsynced >= SYNC_EVERY {
+                unsynced = 0;
+                finish_sync(syncing.take())?;
+                let handle = out.try_clone()?;
+                syncing = Some(std::thread::spawn(move || handle.sync_data()));
+            }
         }
+        finish_sync(syncing)?;
         out.sync_all()?;
         Ok(hasher)
     });

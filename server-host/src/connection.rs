@@ -34,7 +34,7 @@ use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::files::{Disk, Download, Hashing, Upload, WINDOW, open_partial};
+use crate::files::{Disk, Download, Storing, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
@@ -58,8 +58,9 @@ const VIOLATIONS_MAX: u32 = 100;
 const MAX_UPLOADS: usize = 4;
 /// Largest download chunk the server sends.
 const CHUNK_MAX: usize = 60 * 1024;
-/// Bytes of an upload written between syncs of its partial file.
-const SYNC_EVERY: u64 = 16 << 20;
+/// How long an offer waits for a connection that just ended to finish writing the
+/// same upload, before it is refused as in progress elsewhere.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
 
 thread_local! {
     /// Where frames are encoded before they are copied into the outbound queue.
@@ -957,6 +958,14 @@ impl Live<'_> {
                     .await?
             }
         };
+        // One writer per partial file: an earlier offer of the same upload on this
+        // connection gives way, and one on a connection that just ended is waited for.
+        if let Some(earlier) = self.uploads.remove(&id) {
+            let _ = earlier.storing.finish().await;
+        }
+        let Some(claim) = self.ctx.disk.claims().claim(id, CLAIM_PATIENCE).await else {
+            return self.error(ErrorCode::Busy, about, "this file is being uploaded on another connection");
+        };
         let path = self.ctx.disk.partial(id);
         let open_path = path.clone();
         let opened = tokio::task::spawn_blocking(move || open_partial(&open_path, size))
@@ -973,8 +982,7 @@ impl Live<'_> {
         self.uploads.insert(
             id,
             Upload {
-                file,
-                hasher: Hashing::start(hasher),
+                storing: Storing::start(file, hasher, claim),
                 name: name.to_string(),
                 size,
                 received: held,
@@ -982,8 +990,6 @@ impl Live<'_> {
                 to,
                 unreported: 0,
                 touched: unix_millis(),
-                unsynced: 0,
-                syncing: None,
             },
         );
         let chunk_max = casataa_proto::limits::chunk_capacity(self.ctx.settings.max_frame as usize) as u32;
@@ -998,7 +1004,6 @@ impl Live<'_> {
     }
 
     async fn on_chunk(&mut self, chunk: FileChunk<'_>) -> Result<(), End> {
-        use std::io::Write;
         let FileChunk { file: id, offset, data } = chunk;
         let Some(upload) = self.uploads.get_mut(&id) else {
             if self.failed_uploads.contains(&id) {
@@ -1018,39 +1023,19 @@ impl Live<'_> {
             self.failed_uploads.insert(id);
             return self.error(ErrorCode::TooLarge, id, "more data than the offer said");
         }
-        if let Err(e) = upload.file.write_all(data) {
-            tracing::error!("cannot write upload {id}: {e}");
-            self.uploads.remove(&id);
+        if upload.storing.append(data).await.is_err() {
+            // The file thread stopped on a write error: that upload fails, nothing else.
+            if let Some(failed) = self.uploads.remove(&id)
+                && let Err(e) = failed.storing.finish().await
+            {
+                tracing::error!("cannot write upload {id}: {e}");
+            }
             self.failed_uploads.insert(id);
             return self.error(ErrorCode::StorageFull, id, "the server's disk is full; try again later");
         }
-        if let Err(e) = upload.hasher.update(data).await {
-            tracing::error!("cannot hash upload {id}: {e}");
-            self.uploads.remove(&id);
-            self.failed_uploads.insert(id);
-            return self.error(ErrorCode::StorageFull, id, "the server cannot store the file");
-        }
         let Some(upload) = self.uploads.get_mut(&id) else { return Ok(()) };
         upload.received += data.len() as u64;
-        upload.unsynced += data.len() as u64;
         upload.unreported += 1;
-        if upload.unsynced >= SYNC_EVERY {
-            // Keep the page cache of a big upload from piling up: otherwise the next
-            // SQLite commit (an fsync) would wait for all of it, and chat with it.
-            // The sync runs beside the transfer; the one before it must be done, so
-            // at most two windows of unsynced data exist.
-            upload.unsynced = 0;
-            if let Some(previous) = upload.syncing.take() {
-                previous
-                    .await
-                    .map_err(|_| End::Transport("file task failed".into()))?
-                    .map_err(|e| End::Transport(format!("cannot sync upload {id}: {e}")))?;
-            }
-            let Some(upload) = self.uploads.get_mut(&id) else { return Ok(()) };
-            let file = upload.file.try_clone().map_err(|e| End::Transport(e.to_string()))?;
-            upload.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
-        }
-        let Some(upload) = self.uploads.get_mut(&id) else { return Ok(()) };
         let (received, size, unreported) = (upload.received, upload.size, upload.unreported);
         if received == size {
             return self.finish_upload(id).await;
@@ -1076,14 +1061,11 @@ impl Live<'_> {
     /// Verifies a complete upload, stores it and announces it.
     async fn finish_upload(&mut self, id: FileId) -> Result<(), End> {
         let Some(upload) = self.uploads.remove(&id) else { return Ok(()) };
-        let Upload { file, hasher, name, size, sha256, to, syncing, .. } = upload;
-        if let Some(syncing) = syncing {
-            let _ = syncing.await;
-        }
-        let actual = match hasher.finish().await {
-            Ok(actual) => actual,
+        let Upload { storing, name, size, sha256, to, .. } = upload;
+        let (file, actual) = match storing.finish().await {
+            Ok(stored) => stored,
             Err(e) => {
-                tracing::error!("cannot hash upload {id}: {e}");
+                tracing::error!("cannot write upload {id}: {e}");
                 return self.error(ErrorCode::StorageFull, id, "the server cannot store the file");
             }
         };

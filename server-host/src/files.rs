@@ -15,6 +15,7 @@ pub const WINDOW: u16 = 32;
 #[derive(Debug, Clone)]
 pub struct Disk {
     root: PathBuf,
+    claims: std::sync::Arc<PartialClaims>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -26,12 +27,17 @@ impl Disk {
     pub fn new(data_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(data_dir.join("partial"))?;
         std::fs::create_dir_all(data_dir.join("files"))?;
-        Ok(Self { root: data_dir.to_path_buf() })
+        Ok(Self { root: data_dir.to_path_buf(), claims: std::sync::Arc::default() })
     }
 
     /// The file areas of a data directory, as they are (nothing created).
     pub fn at(data_dir: &Path) -> Self {
-        Self { root: data_dir.to_path_buf() }
+        Self { root: data_dir.to_path_buf(), claims: std::sync::Arc::default() }
+    }
+
+    /// Who writes which partial file.
+    pub fn claims(&self) -> &PartialClaims {
+        &self.claims
     }
 
     /// The partial file of an upload.
@@ -61,13 +67,9 @@ impl Disk {
 
 /// An upload this session receives.
 pub struct Upload {
-    /// The partial file, open for appending. Written with plain blocking writes: a
-    /// chunk lands in the page cache in microseconds, far less than a hop to a
-    /// blocking thread would cost.
-    pub file: std::fs::File,
-    /// SHA-256 of the bytes received so far, computed beside the session, so the
-    /// check at the end is instant.
-    pub hasher: Hashing,
+    /// The partial file, written and hashed beside the session, so the check at the
+    /// end is instant.
+    pub storing: Storing,
     /// The name the sender gave.
     pub name: String,
     /// Declared size.
@@ -83,10 +85,6 @@ pub struct Upload {
     /// When the store last heard the upload was alive (Unix ms); at most once a
     /// second, so a fast upload does not turn into hundreds of commits a second.
     pub touched: u64,
-    /// Bytes written since the partial file was last synced.
-    pub unsynced: u64,
-    /// The sync in progress, if any.
-    pub syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -98,43 +96,110 @@ impl std::fmt::Debug for Upload {
     }
 }
 
-/// Chunks a [`Hashing`] task may have waiting: enough to keep it busy while the
+/// Chunks a [`Storing`] thread may have waiting: enough to keep it busy while the
 /// session opens the next batch, little enough to bound memory.
-const HASH_QUEUE: usize = 16;
+const STORE_QUEUE: usize = 16;
 
-/// SHA-256 over a stream of chunks, computed on a blocking thread: hashing costs about
-/// as much as opening the frames, so running it beside the session lets an upload use
-/// a second core.
+/// Bytes written to a partial file between two syncs: keeps the page cache of a big
+/// upload from piling up, so the next SQLite commit (an fsync) does not wait for all
+/// of it, and chat with it.
+const SYNC_EVERY: u64 = 16 << 20;
+
+/// An upload's partial file being written and hashed on a blocking thread: together
+/// they cost about as much as opening the frames, so running them beside the session
+/// lets an upload use a second core. The thread holds the upload's [`PartialClaim`]
+/// until its last write, so nobody else opens the file meanwhile.
 #[derive(Debug)]
-pub struct Hashing {
+pub struct Storing {
     chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
-    digest: tokio::task::JoinHandle<Sha256>,
+    done: tokio::task::JoinHandle<io::Result<(std::fs::File, Sha256)>>,
 }
 
-impl Hashing {
-    /// Continues `hasher` (the bytes already held) on a blocking thread.
-    pub fn start(mut hasher: Sha256) -> Self {
-        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(HASH_QUEUE);
-        let digest = tokio::task::spawn_blocking(move || {
+impl Storing {
+    /// Appends to `file` (which holds the bytes `hasher` has seen) from now on.
+    pub fn start(mut file: std::fs::File, mut hasher: Sha256, claim: PartialClaim) -> Self {
+        use std::io::Write as _;
+        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(STORE_QUEUE);
+        let done = tokio::task::spawn_blocking(move || {
+            let _claim = claim;
+            let mut unsynced = 0u64;
+            // The sync runs on a thread of its own, so writing goes on meanwhile; the
+            // one before must be done before the next starts, so at most two rounds of
+            // unsynced data exist.
+            let mut syncing: Option<std::thread::JoinHandle<io::Result<()>>> = None;
+            let finish_sync = |syncing: Option<std::thread::JoinHandle<io::Result<()>>>| {
+                syncing.map_or(Ok(()), |sync| {
+                    sync.join().unwrap_or_else(|_| Err(io::Error::other("sync panicked")))
+                })
+            };
             while let Some(chunk) = incoming.blocking_recv() {
+                file.write_all(&chunk)?;
                 hasher.update(&chunk);
+                unsynced += chunk.len() as u64;
+                if unsynced >= SYNC_EVERY {
+                    unsynced = 0;
+                    finish_sync(syncing.take())?;
+                    let handle = file.try_clone()?;
+                    syncing = Some(std::thread::spawn(move || handle.sync_data()));
+                }
             }
-            hasher
+            finish_sync(syncing)?;
+            Ok((file, hasher))
         });
-        Self { chunks, digest }
+        Self { chunks, done }
     }
 
-    /// Adds `data`; waits only when the hashing thread is a whole queue behind.
-    pub async fn update(&self, data: &[u8]) -> io::Result<()> {
-        self.chunks.send(data.to_vec()).await.map_err(|_| io::Error::other("the hashing task ended"))
+    /// Adds `data`; waits only when the thread is a whole queue behind. An error means
+    /// the thread stopped: [`Self::finish`] says why.
+    pub async fn append(&self, data: &[u8]) -> Result<(), ()> {
+        self.chunks.send(data.to_vec()).await.map_err(|_| ())
     }
 
-    /// The digest of everything added.
-    pub async fn finish(self) -> io::Result<Sha256Digest> {
+    /// Waits for every write, and returns the file and the digest of its content, or
+    /// the write error that stopped the thread.
+    pub async fn finish(self) -> io::Result<(std::fs::File, Sha256Digest)> {
         drop(self.chunks);
-        let hasher =
-            self.digest.await.map_err(|e| io::Error::other(format!("the hashing task failed: {e}")))?;
-        Ok(hasher.finalize().into())
+        let (file, hasher) =
+            self.done.await.map_err(|e| io::Error::other(format!("the file thread failed: {e}")))??;
+        Ok((file, hasher.finalize().into()))
+    }
+}
+
+/// The right to write one upload's partial file: one writer at a time, across
+/// connections. Released when dropped (by the thread of [`Storing`], after its last
+/// write).
+#[derive(Debug)]
+pub struct PartialClaim {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The claims on partial files, by upload id. Entries whose lock nobody holds or waits
+/// for are dropped as new ones are made, so the table stays as small as the uploads in
+/// progress.
+#[derive(Debug, Default)]
+pub struct PartialClaims {
+    locks: std::sync::Mutex<std::collections::HashMap<FileId, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl PartialClaims {
+    /// Claims upload `id`, waiting up to `patience` for a previous writer (a connection
+    /// that just ended finishes its last writes first). `None` if it is still busy: the
+    /// same upload is in progress on another connection.
+    pub async fn claim(&self, id: FileId, patience: std::time::Duration) -> Option<PartialClaim> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            locks.retain(|_, lock| lock.strong_count() > 0);
+            match locks.get(&id).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(id, std::sync::Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        let guard = tokio::time::timeout(patience, lock.lock_owned()).await.ok()?;
+        Some(PartialClaim { _guard: guard })
     }
 }
 
@@ -189,6 +254,69 @@ impl Download {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_writer_per_partial_file_and_the_next_waits_for_the_last_write() {
+        let claims = PartialClaims::default();
+        let first = claims.claim(7, std::time::Duration::from_millis(10)).await.expect("free");
+        assert!(claims.claim(7, std::time::Duration::from_millis(30)).await.is_none(), "busy elsewhere");
+        assert!(
+            claims.claim(8, std::time::Duration::from_millis(10)).await.is_some(),
+            "other uploads are free"
+        );
+        let released = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(first);
+        });
+        assert!(claims.claim(7, std::time::Duration::from_secs(5)).await.is_some(), "free once released");
+        released.await.unwrap();
+        // Nothing is kept for uploads nobody claims.
+        let _ = claims.claim(9, std::time::Duration::from_millis(10)).await;
+        assert!(claims.locks.lock().unwrap().len() <= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn storing_writes_in_order_and_a_write_error_stops_only_that_upload() {
+        let dir = std::env::temp_dir().join(format!("casataa-storing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let claims = PartialClaims::default();
+        let path = dir.join("partial");
+        let (file, held, hasher) = open_partial(&path, 1 << 20).unwrap();
+        assert_eq!(held, 0);
+        let storing = Storing::start(file, hasher, claims.claim(1, std::time::Duration::ZERO).await.unwrap());
+        let mut expected = Vec::new();
+        for i in 0..40u8 {
+            let chunk = vec![i; 1000 + usize::from(i)];
+            expected.extend_from_slice(&chunk);
+            storing.append(&chunk).await.unwrap();
+        }
+        let (_, digest) = storing.finish().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&expected)));
+        assert!(claims.claim(1, std::time::Duration::ZERO).await.is_some(), "released after the last write");
+
+        // A file that cannot be written: the error comes back, the claim is released.
+        let read_only = std::fs::OpenOptions::new().read(true).open(&path).unwrap();
+        let storing = Storing::start(
+            read_only,
+            Sha256::new(),
+            claims.claim(2, std::time::Duration::ZERO).await.unwrap(),
+        );
+        let mut refused = false;
+        for _ in 0..100 {
+            if storing.append(&[1; 4096]).await.is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused || storing_failed(storing).await, "the write error is reported");
+        assert!(claims.claim(2, std::time::Duration::from_secs(5)).await.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    async fn storing_failed(storing: Storing) -> bool {
+        storing.finish().await.is_err()
+    }
 
     #[test]
     fn content_paths_are_split_by_the_first_byte_and_identical_content_is_kept_once() {

@@ -470,3 +470,63 @@ async fn chat_deliveries_interleave_with_a_download_without_breaking_the_frame_o
     assert_eq!(sha256_file(&path).unwrap(), sha256_file(&source).unwrap());
     chatting.await.unwrap();
 }
+
+/// One writer per partial file: the same upload offered again on a second connection
+/// while the first one is still sending is refused as busy (two connections appending
+/// to one partial file would corrupt it), and the first one finishes intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_upload_on_a_second_connection_is_refused_while_the_first_writes() {
+    let server = TestServer::start(&[("alice", "pa", false)]);
+    let mut first = server.connect("alice", "pa").await.unwrap();
+    let mut second = server.connect_device("alice", "pa", [0x42; 16]).await.unwrap();
+    let data = vec![9u8; 200_000];
+    let sha256: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
+    let offer = |transfer| FileOffer {
+        transfer,
+        name: "same.bin".try_into().unwrap(),
+        size: data.len() as u64,
+        sha256,
+        to: general(),
+    };
+    first.request(&ClientMessage::FileOffer(offer(1))).await.unwrap();
+    let id = first
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::FileAccepted { transfer: 1, file, .. }) => Some(*file),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    first.queue_chunk(id, 0, data[..60_000].to_vec());
+    first.flush().await.unwrap();
+
+    second.request(&ClientMessage::FileOffer(offer(2))).await.unwrap();
+    let answer = timeout(
+        Duration::from_secs(20),
+        second.wait_for(|e| match e {
+            Event::Message(ServerMessage::Error(report)) if report.about == 2 => Some(Err(report.code)),
+            Event::Message(ServerMessage::FileAccepted { transfer: 2, .. }) => Some(Ok(())),
+            _ => None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(answer, Err(ErrorCode::Busy), "a second writer of the same partial file");
+
+    for (i, piece) in data.chunks(60_000).enumerate().skip(1) {
+        first.queue_chunk(id, (i * 60_000) as u64, piece.to_vec());
+    }
+    first.flush().await.unwrap();
+    let stored = timeout(
+        Duration::from_secs(20),
+        first.wait_for(|e| match e {
+            Event::Message(ServerMessage::FileStored { file, sha256 }) if *file == id => Some(*sha256),
+            Event::Message(ServerMessage::Error(report)) if report.about == id => panic!("{report:?}"),
+            _ => None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(stored, sha256);
+}
