@@ -56,8 +56,9 @@ impl std::error::Error for TransportError {}
 /// Bytes a TCP reader asks the socket for at once while frames are large (a file
 /// transfer): room for several whole frames, so they can be opened as a batch.
 const BULK_READ: usize = 8 * 64 * 1024;
-/// What a TCP reader asks for while frames are small, and the buffer it keeps once it
-/// has drained: an idle connection holds no more than this.
+/// The most a TCP reader takes at once while frames are small; it reads through a
+/// per-thread scratch buffer of this size, so a connection's own buffer holds only
+/// the bytes waiting to be framed (none while idle).
 const SMALL_READ: usize = 16 * 1024;
 
 thread_local! {
