@@ -292,10 +292,7 @@ impl Aes128Ccm16 {
             check_lengths(item.aad, item.data)?;
         }
         for group in items.chunks_mut(LANES) {
-            let mut job =
-                LaneJob { items: &mut *group, direction: Pass::Seal, tags: [[0; CCM_TAG_LEN]; LANES] };
-            self.cipher.encrypt_with_backend(&mut job);
-            let tags = job.tags;
+            let tags = self.run_group(group, Pass::Seal);
             for (item, tag) in group.iter_mut().zip(tags) {
                 item.tag = tag;
             }
@@ -316,10 +313,7 @@ impl Aes128Ccm16 {
         while done < items.len() {
             let end = (done + LANES).min(items.len());
             let group = items.get_mut(done..end).unwrap_or_default();
-            let mut job =
-                LaneJob { items: &mut *group, direction: Pass::Open, tags: [[0; CCM_TAG_LEN]; LANES] };
-            self.cipher.encrypt_with_backend(&mut job);
-            let computed = job.tags;
+            let computed = self.run_group(group, Pass::Open);
             if let Some(bad) =
                 group.iter().zip(computed.iter()).position(|(item, tag)| !constant_time_eq(tag, &item.tag))
             {
@@ -330,6 +324,31 @@ impl Aes128Ccm16 {
             done = end;
         }
         Ok(())
+    }
+}
+
+impl Aes128Ccm16 {
+    /// Encrypts or decrypts up to [`LANES`] items and returns their computed tags. A
+    /// lone item (a chat frame, usually) takes the one-message path, which does not
+    /// set up the keystream room of every lane.
+    fn run_group(&self, group: &mut [BatchItem<'_>], direction: Pass) -> [[u8; CCM_TAG_LEN]; LANES] {
+        let mut tags = [[0; CCM_TAG_LEN]; LANES];
+        if let [item] = group {
+            let mut job = Job {
+                nonce: &item.nonce,
+                aad: item.aad,
+                data: &mut *item.data,
+                direction,
+                tag: [0; CCM_TAG_LEN],
+            };
+            self.cipher.encrypt_with_backend(&mut job);
+            tags[0] = job.tag;
+        } else {
+            let mut job = LaneJob { items: group, direction, tags };
+            self.cipher.encrypt_with_backend(&mut job);
+            tags = job.tags;
+        }
+        tags
     }
 }
 

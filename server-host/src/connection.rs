@@ -466,31 +466,29 @@ impl Live<'_> {
     /// Encodes `message` and queues it; the writer seals it as it writes it. File
     /// chunks wait in the bulk lane, everything else overtakes them.
     fn send(&mut self, message: &ServerMessage<'_>) -> Result<(), End> {
-        // Encoded in a scratch buffer of the worker thread, then copied at its exact
-        // size: an idle session holds no 64 KiB buffer of its own.
-        let (frame, len) = SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let len = self.session.encode(message, &mut scratch)?;
-            let total = HEADER_LEN + len + TAG_LEN;
-            Ok::<_, SessionError>((scratch.get(..total).unwrap_or_default().to_vec(), len))
-        })?;
         let lane = if matches!(message, ServerMessage::FileChunk(_)) { Lane::Bulk } else { Lane::Control };
-        self.queue_plain(frame, len, lane)
+        self.queue_encoded(lane, |session, out| session.encode(message, out))
     }
 
     /// [`Self::send`] for a delivery, encoded by reference.
     fn send_delivery(&mut self, message: &ChatMessage) -> Result<(), End> {
+        self.queue_encoded(Lane::Control, |session, out| session.encode_delivery(message, out))
+    }
+
+    /// Queues the frame `encode` writes for the writer to seal, and counts it.
+    fn queue_encoded(
+        &mut self,
+        lane: Lane,
+        encode: impl FnOnce(&ServerSession, &mut [u8]) -> Result<usize, SessionError>,
+    ) -> Result<(), End> {
+        // Encoded in a scratch buffer of the worker thread, then copied at its exact
+        // size: an idle session holds no 64 KiB buffer of its own.
         let (frame, len) = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let len = self.session.encode_delivery(message, &mut scratch)?;
+            let len = encode(&self.session, &mut scratch)?;
             let total = HEADER_LEN + len + TAG_LEN;
             Ok::<_, SessionError>((scratch.get(..total).unwrap_or_default().to_vec(), len))
         })?;
-        self.queue_plain(frame, len, Lane::Control)
-    }
-
-    /// Queues an encoded frame for the writer to seal, and counts it.
-    fn queue_plain(&mut self, frame: Vec<u8>, len: usize, lane: Lane) -> Result<(), End> {
         self.registration.stats.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
         self.registration.stats.messages_out.fetch_add(1, Ordering::Relaxed);
         self.queue.push_to(Outbound::Plain { frame, len }, lane)?;

@@ -262,22 +262,6 @@ pub enum FrameWriter {
 }
 
 impl FrameWriter {
-    /// Writes one frame.
-    pub async fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
-        match self {
-            Self::Tcp(half) => {
-                let mut bytes = Vec::with_capacity(frame.len() + 4);
-                bytes.extend_from_slice(&length_prefix(frame.len()));
-                bytes.extend_from_slice(frame);
-                half.write_all(&bytes).await.map_err(TransportError::Io)
-            }
-            Self::Ws(sink) => sink
-                .send(Message::binary(frame.to_vec()))
-                .await
-                .map_err(|e| TransportError::WebSocket(e.to_string())),
-        }
-    }
-
     /// Writes several frames, in order: on TCP with one write into the socket, so a
     /// busy connection costs one system call per batch rather than per frame.
     /// `scratch` is the buffer the TCP frames are gathered in.

@@ -951,13 +951,7 @@ async fn main() -> anyhow::Result<()> {
         let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
         create_users(&mut admin, max_n).await?;
         let json = compare(&args, &server).await?;
-        if let Some(path) = &args.json {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(path, &json)?;
-            println!("figures written to {}", path.display());
-        }
+        write_json(args.json.as_deref(), &json)?;
         return Ok(());
     }
     if args.mode == "files" {
@@ -965,13 +959,7 @@ async fn main() -> anyhow::Result<()> {
         create_users(&mut admin, 4).await?;
         println!("{:<44} {:>14}", "measurement", "value");
         let json = files_bench(&args, &server).await?;
-        if let Some(path) = &args.json {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(path, &json)?;
-            println!("figures written to {}", path.display());
-        }
+        write_json(args.json.as_deref(), &json)?;
         return Ok(());
     }
     let max_n = args.clients.iter().copied().max().unwrap_or(10);
@@ -1017,12 +1005,16 @@ async fn main() -> anyhow::Result<()> {
         "  \"handshakes_per_sec\": {hs:.1},\n  \"rss_bytes_per_idle_connection\": {per_conn:.0},\n"
     ));
     json.push_str(&format!("  \"idle_connections\": {}\n}}\n", args.idle));
-    if let Some(path) = &args.json {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(path, &json)?;
-        println!("figures written to {}", path.display());
+    write_json(args.json.as_deref(), &json)
+}
+
+/// Writes the figures to `path`, if one was given.
+fn write_json(path: Option<&Path>, json: &str) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
     }
+    std::fs::write(path, json)?;
+    println!("figures written to {}", path.display());
     Ok(())
 }
