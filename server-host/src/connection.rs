@@ -38,9 +38,7 @@ use crate::files::{Disk, Download, Storing, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
-use crate::transport::{
-    FrameReader, FrameWriter, Lane, OutQueue, Outbound, QueueFull, TransportError, run_writer,
-};
+use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, Outbound, QueueFull, TransportError};
 use crate::{generate_passphrase, unix_millis};
 use casataa_proto::ccm_mode::LANES;
 
@@ -137,23 +135,24 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 /// session state) and the session (with the messages its handlers hold) are allocated
 /// only while they run, and what the task keeps for an idle connection stays small.
 pub async fn serve(ctx: Context, mut reader: FrameReader, writer: FrameWriter, peer: SocketAddr) {
-    let queue = Arc::new(OutQueue::new(ctx.settings.out_queue_bytes, LOW_WATER));
-    let writer_task = tokio::spawn(run_writer(writer, Arc::clone(&queue)));
+    let mut queue = OutQueue::new(writer, ctx.settings.out_queue_bytes, LOW_WATER);
     let addr = peer.to_string();
-    let accepted = Box::pin(handshake_phase(&ctx, &mut reader, &queue, peer, &addr)).await;
+    let accepted = Box::pin(handshake_phase(&ctx, &mut reader, &mut queue, peer, &addr)).await;
     let end = match accepted {
         Some(accepted) => {
             ctx.hub.login_succeeded(peer.ip());
-            Box::pin(run_session(&ctx, reader, Arc::clone(&queue), accepted, addr.clone())).await
+            Box::pin(run_session(&ctx, reader, &mut queue, accepted, addr.clone())).await
         }
         None => End::Transport("handshake did not complete".into()),
     };
-    queue.close();
-    let stalled = matches!(end, End::Closed(CloseReason::TooSlow));
-    if stalled {
-        writer_task.abort();
-    } else if timeout(Duration::from_secs(5), writer_task).await.is_err() {
-        tracing::debug!(%addr, "writer did not finish in time");
+    // What is queued (a refusal, a `Closing`) goes out before the close, unless the
+    // client is the reason: one that stopped reading is cut off.
+    if !matches!(end, End::Closed(CloseReason::TooSlow)) {
+        match timeout(Duration::from_secs(5), Box::pin(queue.finish())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(%addr, "last frames not written: {e}"),
+            Err(_) => tracing::debug!(%addr, "last frames not written in time"),
+        }
     }
 }
 
@@ -163,7 +162,7 @@ pub async fn serve(ctx: Context, mut reader: FrameReader, writer: FrameWriter, p
 async fn handshake_phase(
     ctx: &Context,
     reader: &mut FrameReader,
-    queue: &OutQueue,
+    queue: &mut OutQueue,
     peer: SocketAddr,
     addr: &str,
 ) -> Option<Box<Accepted>> {
@@ -201,13 +200,12 @@ async fn handshake_phase(
 
 /// Answers a connection over the limit with `Refused(Busy)` and closes it.
 pub async fn refuse_busy(writer: FrameWriter) {
-    let queue = Arc::new(OutQueue::new(1024, 512));
-    push_refusal(&queue, Refusal::Busy);
-    queue.close();
-    let _ = timeout(Duration::from_secs(2), run_writer(writer, queue)).await;
+    let mut queue = OutQueue::new(writer, 1024, 512);
+    push_refusal(&mut queue, Refusal::Busy);
+    let _ = timeout(Duration::from_secs(2), queue.finish()).await;
 }
 
-fn push_refusal(queue: &OutQueue, refusal: Refusal) {
+fn push_refusal(queue: &mut OutQueue, refusal: Refusal) {
     let mut buf = [0u8; 64];
     if let Ok(n) = encode_handshake(&Handshake::Refused(refusal), &mut buf) {
         let _ = queue.push(buf.get(..n).unwrap_or_default().to_vec());
@@ -230,7 +228,7 @@ struct Accepted {
 async fn handshake(
     ctx: &Context,
     reader: &mut FrameReader,
-    queue: &OutQueue,
+    queue: &mut OutQueue,
     peer: SocketAddr,
 ) -> Result<Accepted, HandshakeEnd> {
     let hold = ctx.hub.hello_delay(peer.ip(), ctx.settings.login_failure_delay);
@@ -268,6 +266,7 @@ async fn handshake(
     queue
         .push(buf.get(..n).unwrap_or_default().to_vec())
         .map_err(|_| HandshakeEnd::Gone("queue full".into()))?;
+    queue.flush().await.map_err(|e| HandshakeEnd::Gone(e.to_string()))?;
     let mut frame = match reader.next_frame(ctx.settings.max_frame as usize).await {
         Ok(Some(frame)) => frame,
         Ok(None) => return Err(HandshakeEnd::Gone("closed before login".into())),
@@ -321,7 +320,8 @@ type Pending = Pin<
 struct Live<'c> {
     ctx: &'c Context,
     session: ServerSession,
-    queue: Arc<OutQueue>,
+    /// Written by this task between its steps (see [`OutQueue`]).
+    queue: &'c mut OutQueue,
     registration: Registration,
     user: Name,
     role: Role,
@@ -340,14 +340,15 @@ struct Live<'c> {
     /// dropped quietly (the sender already has the error).
     failed_uploads: std::collections::HashSet<FileId>,
     downloads: VecDeque<Download>,
-    /// Downloads wait for the outbound queue to drain.
+    /// Downloads stopped at the queue's high-water mark: more chunks go once it is
+    /// written.
     downloads_blocked: bool,
 }
 
 async fn run_session(
     ctx: &Context,
     mut reader: FrameReader,
-    queue: Arc<OutQueue>,
+    queue: &mut OutQueue,
     accepted: Box<Accepted>,
     addr: String,
 ) -> End {
@@ -383,25 +384,25 @@ async fn run_session(
 }
 
 impl<'c> Live<'c> {
-    /// The session after a login: hands the keys to the writer and the reader,
+    /// The session after a login: hands the keys to the outbound queue and the reader,
     /// registers with the hub, and starts from the device's `cursor`.
     fn start(
         ctx: &'c Context,
         accepted: Box<Accepted>,
-        queue: Arc<OutQueue>,
+        queue: &'c mut OutQueue,
         reader: &mut FrameReader,
         addr: String,
         cursor: Seq,
     ) -> Result<Box<Self>, End> {
         let Accepted { mut session, user, role, login } = *accepted;
-        // From here on the writer seals, so that chat can overtake queued file chunks.
+        // From here on the queue seals as it writes, so that chat can overtake queued
+        // file chunks.
         let sealer = session.take_sealer().ok_or(End::Protocol(SessionError::NotEstablished))?;
         queue.install_sealer(sealer);
         // And the reader opens, so that frames already buffered open as one batch.
         let opener = session.take_opener().ok_or(End::Protocol(SessionError::NotEstablished))?;
         reader.install_opener(opener);
         let registration = ctx.hub.register(&user, login.kind, addr.clone());
-        let _ = registration.stats.queue.set(Arc::downgrade(&queue));
         let kind = login.kind;
         // Recorded beside the login rather than before the welcome: a login does not
         // wait for a commit.
@@ -463,7 +464,7 @@ impl Live<'_> {
         self.send(&welcome)
     }
 
-    /// Encodes `message` and queues it; the writer seals it as it writes it. File
+    /// Encodes `message` and queues it; the queue seals it as it writes it. File
     /// chunks wait in the bulk lane, everything else overtakes them.
     fn send(&mut self, message: &ServerMessage<'_>) -> Result<(), End> {
         let lane = if matches!(message, ServerMessage::FileChunk(_)) { Lane::Bulk } else { Lane::Control };
@@ -475,7 +476,7 @@ impl Live<'_> {
         self.queue_encoded(Lane::Control, |session, out| session.encode_delivery(message, out))
     }
 
-    /// Queues the frame `encode` writes for the writer to seal, and counts it.
+    /// Queues the frame `encode` writes, to be sealed when it is written, and counts it.
     fn queue_encoded(
         &mut self,
         lane: Lane,
@@ -525,12 +526,23 @@ impl Live<'_> {
             if let Err(end) = self.pump_downloads() {
                 return end;
             }
+            if let Err(e) = self.queue.write_some() {
+                return End::Transport(e.to_string());
+            }
+            self.registration.stats.queued_bytes.store(self.queue.bytes() as u64, Ordering::Relaxed);
+            // Everything queued was written (the socket is not full), yet messages or
+            // chunks wait to be queued: go round again, once the branches above have
+            // had their turn and within the task's budget.
+            let more = !self.queue.is_blocked() && (self.backlog || self.downloads_blocked);
             let max_frame = self.ctx.settings.max_frame as usize;
             let step = tokio::select! {
                 biased;
                 reason = closer.closed() => {
                     let _ = self.send(&ServerMessage::Closing { reason });
                     return End::Closed(reason);
+                }
+                written = self.queue.writable(), if self.queue.is_blocked() => {
+                    written.map_err(|e| End::Transport(e.to_string()))
                 }
                 frame = reader.next_frame(max_frame) => match frame {
                     Ok(Some(mut frame)) => {
@@ -560,7 +572,7 @@ impl Live<'_> {
                     self.backlog = true;
                     Ok(())
                 }
-                () = self.queue.wait_for_room(), if (self.backlog || self.downloads_blocked) && !self.queue.has_room() => Ok(()),
+                () = tokio::task::coop::consume_budget(), if more => Ok(()),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if let Err(e) = Box::pin(self.persist_cursor()).await {
@@ -626,16 +638,22 @@ impl Live<'_> {
                     .map(Arc::new)
                     .collect(),
             };
-            let Some(last) = batch.last().map(|m| m.seq) else {
+            if batch.is_empty() {
                 self.backlog = false;
                 return Ok(());
-            };
-            let delivered = batch.len() as u64;
+            }
+            // Queued while there is room, so the queue stays near its low-water mark
+            // however large the messages: the rest are pulled again next time.
+            let mut delivered = 0;
             for message in &batch {
+                if !self.queue.has_room() {
+                    break;
+                }
                 self.send_delivery(message)?;
+                self.sent_up_to = message.seq;
+                delivered += 1;
             }
             self.registration.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
-            self.sent_up_to = last;
         }
         self.backlog = true;
         Ok(())
@@ -1165,10 +1183,9 @@ impl Live<'_> {
 
     /// Sends download chunks, round-robin over the active downloads, while each is
     /// within its window and the outbound queue holds less than two sealing batches of
-    /// chunks. Chunks go to the queue's bulk lane, which the writer serves only when no
-    /// chat or control frame waits; the chunks queued keep the writer sealing whole
-    /// batches while this task reads the next ones, without holding much memory per
-    /// download.
+    /// chunks. Chunks go to the queue's bulk lane, which is written only when no
+    /// chat or control frame waits; the chunks queued let each write seal a whole
+    /// batch, without holding much memory per download.
     fn pump_downloads(&mut self) -> Result<(), End> {
         self.downloads_blocked = false;
         if self.downloads.is_empty() {

@@ -49,8 +49,9 @@ pub struct SessionStats {
     pub bytes_out: AtomicU64,
     /// Chat messages delivered.
     pub deliveries: AtomicU64,
-    /// The session's outbound queue, for the queue depths in `/metrics`.
-    pub queue: std::sync::OnceLock<std::sync::Weak<crate::transport::OutQueue>>,
+    /// Bytes waiting in the session's outbound queue, as its task last saw them (for
+    /// the queue depths in `/metrics`).
+    pub queued_bytes: AtomicU64,
 }
 
 /// Tells a session to close, out of band of its (possibly full) event queue.
@@ -263,11 +264,9 @@ impl Hub {
             snapshot.bytes_in += load(&stats.bytes_in);
             snapshot.bytes_out += load(&stats.bytes_out);
             snapshot.deliveries += load(&stats.deliveries);
-            if let Some(queue) = stats.queue.get().and_then(std::sync::Weak::upgrade) {
-                let queued = queue.bytes() as u64;
-                snapshot.queued_bytes += queued;
-                snapshot.queued_bytes_max = snapshot.queued_bytes_max.max(queued);
-            }
+            let queued = load(&stats.queued_bytes);
+            snapshot.queued_bytes += queued;
+            snapshot.queued_bytes_max = snapshot.queued_bytes_max.max(queued);
         }
         snapshot.users_online = users.len() as u64;
         snapshot

@@ -5,16 +5,17 @@
 //! client that stops reading is cut off instead of growing memory.
 //!
 //! The queue has two lanes, control (chat, presence, replies) and bulk (file chunks),
-//! and the writer always empties the control lane first: a message typed during a
-//! 1 GiB download overtakes the chunks already queued. That reordering is possible only
-//! because frames are queued as plaintext and sealed by the writer as it writes them:
-//! sealed frames carry an implicit counter, so they must leave in the order they were
-//! sealed. Sealing in the writer task also lets one core seal while another runs the
-//! session.
+//! and writing always empties the control lane first: a message typed during a 1 GiB
+//! download overtakes the chunks already queued. That reordering is possible only
+//! because frames are queued as plaintext and sealed as they are written: sealed frames
+//! carry an implicit counter, so they must leave in the order they were sealed.
+//!
+//! The queue is written by the connection's own task, between its other steps, rather
+//! than by a writer task of its own: a delivery wakes one task instead of two, which is
+//! most of the cost of fanning a message out to a thousand recipients.
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Mutex;
 
 use bytes::{Buf, BytesMut};
 use casataa_proto::aead::{BatchError, FrameOpener, FrameSealer, OpenError};
@@ -24,7 +25,6 @@ use casataa_proto::limits::LEN_PREFIX_LEN;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Notify;
 use warp::ws::{Message, WebSocket};
 
 /// Why a connection's transport ended.
@@ -262,30 +262,6 @@ pub enum FrameWriter {
 }
 
 impl FrameWriter {
-    /// Writes several frames, in order: on TCP with one write into the socket, so a
-    /// busy connection costs one system call per batch rather than per frame.
-    /// `scratch` is the buffer the TCP frames are gathered in.
-    pub async fn send_all(&mut self, frames: &[&[u8]], scratch: &mut Vec<u8>) -> Result<(), TransportError> {
-        match self {
-            Self::Tcp(half) => {
-                scratch.clear();
-                for frame in frames {
-                    scratch.extend_from_slice(&length_prefix(frame.len()));
-                    scratch.extend_from_slice(frame);
-                }
-                half.write_all(scratch).await.map_err(TransportError::Io)
-            }
-            Self::Ws(sink) => {
-                for frame in frames {
-                    sink.feed(Message::binary(frame.to_vec()))
-                        .await
-                        .map_err(|e| TransportError::WebSocket(e.to_string()))?;
-                }
-                sink.flush().await.map_err(|e| TransportError::WebSocket(e.to_string()))
-            }
-        }
-    }
-
     /// Closes the connection.
     pub async fn close(&mut self) {
         match self {
@@ -315,7 +291,7 @@ pub enum Outbound {
     /// Written as it is: handshake frames and refusals sent before keys exist.
     Ready(Vec<u8>),
     /// Plaintext at `frame[1..1 + len]`, with room for the header byte and the tag:
-    /// sealed by the writer just before it is written.
+    /// sealed just before it is written.
     Plain {
         /// The buffer the frame is sealed in.
         frame: Vec<u8>,
@@ -341,247 +317,336 @@ pub enum Lane {
     Bulk,
 }
 
-struct Frames {
-    control: VecDeque<Outbound>,
-    bulk: VecDeque<Outbound>,
-    bytes: usize,
-    closed: bool,
-    /// The server-to-client sealer, until the writer takes it.
-    sealer: Option<FrameSealer>,
-    /// When the writer last took a frame, or the queue last became non-empty.
-    progress: std::time::Instant,
-}
-
-impl Default for Frames {
-    fn default() -> Self {
-        Self {
-            control: VecDeque::new(),
-            bulk: VecDeque::new(),
-            bytes: 0,
-            closed: false,
-            sealer: None,
-            progress: std::time::Instant::now(),
-        }
-    }
-}
-
 /// The queue was over its byte limit: the client is not reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// Most frames the writer takes for one write.
+/// Most frames taken for one write.
 const WRITE_BATCH_FRAMES: usize = 64;
-/// About the most bytes the writer takes for one write: a batch closes once it holds
-/// this much.
+/// About the most bytes taken for one write: a batch closes once it holds this much.
 const WRITE_BATCH_BYTES: usize = LANES * 64 * 1024;
 
-/// Entries a lane keeps room for once it is empty (see [`OutQueue::pop`]).
+/// Entries a lane keeps room for once it is empty.
 const IDLE_LANE_CAPACITY: usize = 8;
 /// Room above which an empty lane gives it back: ordinary bursts keep theirs, so a
 /// busy session does not reallocate every time its queue drains.
 const BURST_LANE_CAPACITY: usize = 64;
 
-/// Frames waiting to be written, in two lanes, bounded in bytes.
+/// Bytes of gathering buffer kept once everything is written: enough for the chat of
+/// a busy connection without an allocation per write.
+const WIRE_KEPT: usize = 1024;
+
+/// The two lanes of frames waiting, and which of them a write takes next.
+#[derive(Debug, Default)]
+struct Lanes {
+    control: VecDeque<Outbound>,
+    bulk: VecDeque<Outbound>,
+}
+
+impl Lanes {
+    fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.bulk.is_empty()
+    }
+
+    fn push(&mut self, frame: Outbound, lane: Lane) {
+        match lane {
+            Lane::Control => self.control.push_back(frame),
+            Lane::Bulk => self.bulk.push_back(frame),
+        }
+    }
+
+    /// The next frame alone: control first.
+    fn pop(&mut self) -> Option<Outbound> {
+        let next = self.control.pop_front().or_else(|| self.bulk.pop_front());
+        self.give_back_room();
+        next
+    }
+
+    /// Moves what one write takes into `batch`: control frames first, then file chunks
+    /// (at most one sealing batch of them, so a chat message queued meanwhile waits for
+    /// no more than that), up to [`WRITE_BATCH_FRAMES`] frames and about
+    /// [`WRITE_BATCH_BYTES`]. Returns the bytes taken.
+    fn take_batch(&mut self, batch: &mut Vec<Outbound>) -> usize {
+        let (mut bytes, mut chunks) = (0, 0);
+        while batch.len() < WRITE_BATCH_FRAMES && bytes < WRITE_BATCH_BYTES {
+            let next = match self.control.pop_front() {
+                Some(frame) => frame,
+                None if chunks < LANES => match self.bulk.pop_front() {
+                    Some(frame) => {
+                        chunks += 1;
+                        frame
+                    }
+                    None => break,
+                },
+                None => break,
+            };
+            bytes += next.size();
+            batch.push(next);
+        }
+        self.give_back_room();
+        bytes
+    }
+
+    /// A burst (a backlog after login, say) grew the lanes: give the room back once
+    /// they are empty, so an idle connection holds none.
+    fn give_back_room(&mut self) {
+        for lane in [&mut self.control, &mut self.bulk] {
+            if lane.is_empty() && lane.capacity() > BURST_LANE_CAPACITY {
+                lane.shrink_to(IDLE_LANE_CAPACITY);
+            }
+        }
+    }
+}
+
+/// A connection's outbound side: frames waiting in two lanes, bounded in bytes, and
+/// the socket they are written to.
+///
+/// It belongs to the connection's one task, which writes between its other steps
+/// ([`Self::write_some`], which never waits) and waits for the socket only while it is
+/// full ([`Self::writable`]). There is no writer task: a delivery costs one wake-up of
+/// the recipient's task, not two, and an idle connection holds no second task.
 pub struct OutQueue {
-    state: Mutex<Frames>,
+    writer: FrameWriter,
+    lanes: Lanes,
+    /// Bytes waiting: frames queued, plus sealed bytes not yet taken by the socket.
+    bytes: usize,
     limit: usize,
-    /// Wakes the writer.
-    ready: Notify,
-    /// Wakes the session when the queue has room again.
-    drained: Notify,
     low_water: usize,
+    /// When bytes were last written, or the queue last became non-empty.
+    progress: std::time::Instant,
+    /// Seals [`Outbound::Plain`] frames, from the login on.
+    sealer: Option<FrameSealer>,
+    /// TCP: sealed frames with their length prefixes, written from `written` on.
+    wire: Vec<u8>,
+    written: usize,
+    /// The socket took no more at the last attempt: [`Self::writable`] waits for it.
+    blocked: bool,
+    /// WebSocket: frames handed to the sink and not yet flushed.
+    unflushed: bool,
 }
 
 impl std::fmt::Debug for OutQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutQueue").field("bytes", &self.bytes()).field("limit", &self.limit).finish()
+        f.debug_struct("OutQueue")
+            .field("writer", &self.writer)
+            .field("bytes", &self.bytes)
+            .field("limit", &self.limit)
+            .field("blocked", &self.blocked)
+            .finish()
     }
 }
 
 impl OutQueue {
-    /// A queue that refuses frames once it holds `limit` bytes, and reports room below
-    /// `low_water` bytes.
-    pub fn new(limit: usize, low_water: usize) -> Self {
-        Self { state: Mutex::default(), limit, ready: Notify::new(), drained: Notify::new(), low_water }
+    /// A queue on `writer` that refuses frames once it holds `limit` bytes, and reports
+    /// room below `low_water` bytes.
+    pub fn new(writer: FrameWriter, limit: usize, low_water: usize) -> Self {
+        Self {
+            writer,
+            lanes: Lanes::default(),
+            bytes: 0,
+            limit,
+            low_water,
+            progress: std::time::Instant::now(),
+            sealer: None,
+            wire: Vec::new(),
+            written: 0,
+            blocked: false,
+            unflushed: false,
+        }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, Frames> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Gives the writer the sealer for [`Outbound::Plain`] frames. Call it before
-    /// queuing the first of them.
-    pub fn install_sealer(&self, sealer: FrameSealer) {
-        self.state().sealer = Some(sealer);
+    /// The sealer for [`Outbound::Plain`] frames. Install it before queuing the first
+    /// of them.
+    pub fn install_sealer(&mut self, sealer: FrameSealer) {
+        self.sealer = Some(sealer);
     }
 
     /// Queues a frame that is complete as it is, in the control lane.
-    pub fn push(&self, frame: Vec<u8>) -> Result<(), QueueFull> {
+    pub fn push(&mut self, frame: Vec<u8>) -> Result<(), QueueFull> {
         self.push_to(Outbound::Ready(frame), Lane::Control)
     }
 
     /// Queues a frame in `lane`.
-    pub fn push_to(&self, frame: Outbound, lane: Lane) -> Result<(), QueueFull> {
-        let mut state = self.state();
+    pub fn push_to(&mut self, frame: Outbound, lane: Lane) -> Result<(), QueueFull> {
         let size = frame.size();
-        if state.bytes + size > self.limit {
+        if self.bytes + size > self.limit {
             return Err(QueueFull);
         }
-        if state.bytes == 0 {
-            state.progress = std::time::Instant::now();
+        if self.bytes == 0 {
+            self.progress = std::time::Instant::now();
         }
-        state.bytes += size;
-        match lane {
-            Lane::Control => state.control.push_back(frame),
-            Lane::Bulk => state.bulk.push_back(frame),
-        }
-        drop(state);
-        self.ready.notify_one();
+        self.bytes += size;
+        self.lanes.push(frame, lane);
         Ok(())
     }
 
-    /// Bytes waiting.
+    /// Bytes waiting to be written.
     pub fn bytes(&self) -> usize {
-        self.state().bytes
+        self.bytes
     }
 
-    /// How long frames have waited without the writer taking any: how long the client
+    /// How long bytes have waited without the socket taking any: how long the client
     /// has not been reading.
     pub fn stalled_for(&self) -> std::time::Duration {
-        let state = self.state();
-        if state.bytes == 0 { std::time::Duration::ZERO } else { state.progress.elapsed() }
+        if self.bytes == 0 { std::time::Duration::ZERO } else { self.progress.elapsed() }
     }
 
     /// Whether the queue is below its low-water mark.
     pub fn has_room(&self) -> bool {
-        self.bytes() < self.low_water
+        self.bytes < self.low_water
     }
 
-    /// Waits until the queue drains below its low-water mark.
-    pub async fn wait_for_room(&self) {
-        loop {
-            let notified = self.drained.notified();
-            if self.has_room() {
-                return;
+    /// Whether the socket was full at the last attempt: wait for [`Self::writable`].
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Writes what waits, in order, until everything is written or the socket is full;
+    /// never waits. Plaintext frames are sealed here, as they are written, a batch at a
+    /// time: their CBC-MAC chains interleave, and a batch leaves in one system call.
+    pub fn write_some(&mut self) -> Result<(), TransportError> {
+        if self.bytes == 0 && !self.unflushed {
+            return Ok(());
+        }
+        match self.writer {
+            FrameWriter::Tcp(_) => self.write_tcp(),
+            FrameWriter::Ws(_) => {
+                // Polled without a waker: a sink that is not ready is waited for by
+                // `writable`, which polls it again with the task's waker.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match self.poll_ws(&mut cx) {
+                    std::task::Poll::Ready(result) => result,
+                    std::task::Poll::Pending => {
+                        self.blocked = true;
+                        Ok(())
+                    }
+                }
             }
-            notified.await;
         }
     }
 
-    /// No more frames will be queued; the writer ends after the queued ones.
-    pub fn close(&self) {
-        self.state().closed = true;
-        self.ready.notify_one();
+    /// Waits until the socket takes bytes again (on a WebSocket, writes meanwhile).
+    /// Cancel-safe: nothing is lost when it is dropped.
+    pub async fn writable(&mut self) -> Result<(), TransportError> {
+        match &self.writer {
+            FrameWriter::Tcp(half) => half.writable().await.map_err(TransportError::Io)?,
+            FrameWriter::Ws(_) => std::future::poll_fn(|cx| self.poll_ws(cx)).await?,
+        }
+        self.blocked = false;
+        Ok(())
     }
 
-    fn take_sealer(&self) -> Option<FrameSealer> {
-        self.state().sealer.take()
-    }
-
-    /// Moves what the writer can write at once into `batch`: control frames first, then
-    /// file chunks (at most one sealing batch of them, so a chat message queued meanwhile
-    /// waits for no more than that), up to [`WRITE_BATCH_FRAMES`] frames and about
-    /// [`WRITE_BATCH_BYTES`]. Waits while the queue is empty; `false` once it is closed
-    /// and empty.
-    pub async fn pop_batch(&self, batch: &mut Vec<Outbound>) -> bool {
+    /// Writes everything queued, waiting for the socket as needed.
+    pub async fn flush(&mut self) -> Result<(), TransportError> {
         loop {
-            let notified = self.ready.notified();
-            {
-                let mut state = self.state();
-                let (mut bytes, mut chunks) = (0, 0);
-                while batch.len() < WRITE_BATCH_FRAMES && bytes < WRITE_BATCH_BYTES {
-                    let next = match state.control.pop_front() {
-                        Some(frame) => frame,
-                        None if chunks < LANES => match state.bulk.pop_front() {
-                            Some(frame) => {
-                                chunks += 1;
-                                frame
-                            }
-                            None => break,
-                        },
-                        None => break,
-                    };
-                    bytes += next.size();
-                    batch.push(next);
-                }
-                if !batch.is_empty() {
-                    state.bytes -= bytes;
-                    state.progress = std::time::Instant::now();
-                    if state.bytes == 0 {
-                        // A burst (a backlog after login, say) grew the lanes: give the
-                        // room back once they are empty, so an idle connection holds none.
-                        let frames = &mut *state;
-                        for lane in [&mut frames.control, &mut frames.bulk] {
-                            if lane.capacity() > BURST_LANE_CAPACITY {
-                                lane.shrink_to(IDLE_LANE_CAPACITY);
-                            }
-                        }
-                    }
-                    let room = state.bytes < self.low_water;
-                    drop(state);
-                    if room {
-                        self.drained.notify_waiters();
-                    }
-                    return true;
-                }
-                if state.closed {
-                    return false;
-                }
+            self.write_some()?;
+            if self.bytes == 0 && !self.unflushed {
+                return Ok(());
             }
-            notified.await;
+            self.writable().await?;
         }
     }
-}
 
-/// Writes queued frames until the queue is closed and empty, then closes the socket.
-/// Plaintext frames are sealed here, in the order they are written, a batch at a time:
-/// their CBC-MAC chains interleave, and the batch leaves in one write.
-pub async fn run_writer(
-    mut writer: FrameWriter,
-    queue: std::sync::Arc<OutQueue>,
-) -> Result<(), TransportError> {
-    let mut sealer: Option<FrameSealer> = None;
-    let mut batch = Vec::new();
-    let mut scratch = Vec::new();
-    while queue.pop_batch(&mut batch).await {
-        let sent = match seal_batch(&mut sealer, &queue, &mut batch) {
-            Ok(frames) => writer.send_all(&frames, &mut scratch).await,
-            Err(e) => Err(e),
+    /// Writes everything queued, then closes the connection.
+    pub async fn finish(&mut self) -> Result<(), TransportError> {
+        self.flush().await?;
+        self.writer.close().await;
+        Ok(())
+    }
+
+    fn write_tcp(&mut self) -> Result<(), TransportError> {
+        let FrameWriter::Tcp(half) = &self.writer else {
+            return Ok(());
         };
-        batch.clear();
-        if let Err(e) = sent {
-            queue.close();
-            return Err(e);
-        }
-        if queue.bytes() == 0 && scratch.capacity() > WRITE_SCRATCH_KEPT {
-            // Nothing waits: an idle connection keeps no large buffer.
-            scratch = Vec::new();
+        let mut batch = Vec::new();
+        loop {
+            if let Some(unwritten) = self.wire.get(self.written..)
+                && !unwritten.is_empty()
+            {
+                match half.try_write(unwritten) {
+                    Ok(0) => return Err(TransportError::Io(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.written += n;
+                        self.bytes -= n;
+                        self.progress = std::time::Instant::now();
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.blocked = true;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(TransportError::Io(e)),
+                }
+            }
+            self.wire.clear();
+            self.written = 0;
+            let taken = self.lanes.take_batch(&mut batch);
+            if batch.is_empty() {
+                if self.wire.capacity() > WIRE_KEPT {
+                    // Nothing waits: an idle connection keeps no large buffer.
+                    self.wire = Vec::new();
+                }
+                self.blocked = false;
+                return Ok(());
+            }
+            for frame in seal_batch(self.sealer.as_mut(), &mut batch)? {
+                self.wire.extend_from_slice(&length_prefix(frame.len()));
+                self.wire.extend_from_slice(frame);
+            }
+            batch.clear();
+            self.bytes = self.bytes - taken + self.wire.len();
         }
     }
-    writer.close().await;
-    Ok(())
-}
 
-/// Bytes of gathering buffer a writer keeps once its queue is empty: enough for the
-/// chat of a busy connection without an allocation per write.
-const WRITE_SCRATCH_KEPT: usize = 1024;
+    /// Hands frames to the WebSocket sink one at a time (the sink takes one message per
+    /// frame), then flushes it.
+    fn poll_ws(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), TransportError>> {
+        use std::task::Poll;
+        let FrameWriter::Ws(sink) = &mut self.writer else {
+            return Poll::Ready(Ok(()));
+        };
+        let failed = |e: warp::Error| TransportError::WebSocket(e.to_string());
+        while !self.lanes.is_empty() {
+            match sink.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(failed(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+            let Some(frame) = self.lanes.pop() else { break };
+            self.bytes -= frame.size();
+            self.progress = std::time::Instant::now();
+            let mut one = [frame];
+            let sealed = match seal_batch(self.sealer.as_mut(), &mut one) {
+                Ok(frames) => frames.first().map(|frame| frame.to_vec()).unwrap_or_default(),
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            if let Err(e) = sink.start_send_unpin(Message::binary(sealed)) {
+                return Poll::Ready(Err(failed(e)));
+            }
+            self.unflushed = true;
+        }
+        match sink.poll_flush_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(failed(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// Seals the plaintext frames of `batch` in place, as one batch, and returns every
 /// frame of it as it goes on the wire.
 fn seal_batch<'b>(
-    sealer: &mut Option<FrameSealer>,
-    queue: &OutQueue,
+    sealer: Option<&mut FrameSealer>,
     batch: &'b mut [Outbound],
 ) -> Result<Vec<&'b [u8]>, TransportError> {
     let plain = batch.iter().filter(|frame| matches!(frame, Outbound::Plain { .. })).count();
     let mut totals = vec![0; plain];
     if plain > 0 {
-        if sealer.is_none() {
-            *sealer = queue.take_sealer();
-        }
-        let sealer = sealer
-            .as_mut()
-            .ok_or_else(|| TransportError::Io(io::Error::other("no sealer for a plaintext frame")))?;
+        let sealer =
+            sealer.ok_or_else(|| TransportError::Io(io::Error::other("no sealer for a plaintext frame")))?;
         let mut frames: Vec<(&mut [u8], usize)> = batch
             .iter_mut()
             .filter_map(|frame| match frame {
@@ -606,7 +671,9 @@ fn seal_batch<'b>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use casataa_proto::aead::Direction;
     use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
 
     fn first_byte(frame: &Outbound) -> u8 {
         match frame {
@@ -615,10 +682,10 @@ mod tests {
         }
     }
 
-    /// One batch, as the writer would take it.
-    async fn batch(queue: &OutQueue) -> Vec<Outbound> {
+    /// One write's batch.
+    fn batch(lanes: &mut Lanes) -> Vec<Outbound> {
         let mut batch = Vec::new();
-        assert!(queue.pop_batch(&mut batch).await, "queue ended");
+        lanes.take_batch(&mut batch);
         batch
     }
 
@@ -626,93 +693,112 @@ mod tests {
         Outbound::Plain { frame: vec![0, tag, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], len: 1 }
     }
 
-    #[tokio::test]
-    async fn a_queue_gives_back_the_room_a_burst_took_once_it_is_empty() {
-        let queue = OutQueue::new(1 << 20, 1 << 10);
-        for _ in 0..1000 {
-            queue.push(vec![0; 10]).unwrap();
-        }
-        assert!(queue.state().control.capacity() >= 1000);
-        let mut popped = 0;
-        while popped < 1000 {
-            let taken = batch(&queue).await.len();
-            assert!(taken <= WRITE_BATCH_FRAMES);
-            popped += taken;
-        }
-        assert_eq!(popped, 1000);
-        assert!(queue.state().control.capacity() <= IDLE_LANE_CAPACITY, "the lane kept its burst capacity");
-        // And it still works afterwards.
-        queue.push(vec![1; 3]).unwrap();
-        assert!(matches!(&batch(&queue).await[..], [Outbound::Ready(frame)] if *frame == vec![1; 3]));
-    }
-
-    #[tokio::test]
-    async fn each_lane_is_first_in_first_out_and_control_goes_first() {
-        let queue = OutQueue::new(1 << 20, 1 << 10);
-        for i in 0..3u8 {
-            queue.push_to(plain(10 + i), Lane::Bulk).unwrap();
-        }
-        queue.push(vec![1; 100]).unwrap();
-        queue.push_to(plain(2), Lane::Control).unwrap();
-        let popped: Vec<u8> = batch(&queue).await.iter().map(first_byte).collect();
-        assert_eq!(popped, [1, 2, 10, 11, 12]);
-    }
-
-    /// A batch takes at most one sealing batch of file chunks, so a chat frame queued
-    /// while they are written goes out right after them, not after the whole transfer.
-    #[tokio::test]
-    async fn a_batch_holds_few_chunks_and_chat_queued_meanwhile_leads_the_next() {
-        let queue = OutQueue::new(1 << 20, 1 << 10);
-        for i in 0..20u8 {
-            queue.push_to(plain(10 + i), Lane::Bulk).unwrap();
-        }
-        let first: Vec<u8> = batch(&queue).await.iter().map(first_byte).collect();
-        assert_eq!(first, (10..10 + LANES as u8).collect::<Vec<_>>());
-        queue.push_to(plain(1), Lane::Control).unwrap();
-        let second: Vec<u8> = batch(&queue).await.iter().map(first_byte).collect();
-        assert_eq!(second[0], 1);
-        assert_eq!(second[1], 10 + LANES as u8);
-    }
-
-    /// The ordering test of the server side: a chat frame queued behind file chunks
-    /// reaches the client before them, and every frame still opens, because the writer
-    /// seals in the order it writes.
-    #[tokio::test]
-    async fn a_chat_frame_queued_behind_chunks_is_written_first_and_everything_opens() {
-        use casataa_proto::aead::{Direction, FrameOpener};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    /// A connected pair: the server's write half and the client's socket. The server's
+    /// send buffer is fixed and small, as the server sets it, so a client that does
+    /// not read fills it quickly.
+    async fn tcp_pair() -> (OwnedWriteHalf, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server).set_send_buffer_size(64 * 1024).unwrap();
         let (_, write) = server.into_split();
-        let queue = std::sync::Arc::new(OutQueue::new(1 << 20, 1 << 10));
-        let key = [5u8; 16];
-        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
-        // Queue everything before the writer runs, so the order is decided by the lanes.
-        let chunk = |i: u8| {
-            let mut frame = vec![0u8; 1 + 1000 + 16];
-            frame[1..1001].fill(i);
-            Outbound::Plain { frame, len: 1000 }
-        };
-        for i in 0..4u8 {
-            queue.push_to(chunk(i), Lane::Bulk).unwrap();
-        }
-        let mut chat = vec![0u8; 1 + 5 + 16];
-        chat[1..6].copy_from_slice(b"hello");
-        queue.push_to(Outbound::Plain { frame: chat, len: 5 }, Lane::Control).unwrap();
-        queue.close();
-        run_writer(FrameWriter::Tcp(write), std::sync::Arc::clone(&queue)).await.unwrap();
+        (write, client)
+    }
 
-        let mut received = Vec::new();
-        let mut client = client;
-        client.read_to_end(&mut received).await.unwrap();
-        let mut opener = FrameOpener::new(&key, Direction::ServerToClient);
+    /// Opens every frame of `received` in order.
+    fn open_all(received: &[u8], key: &[u8; 16]) -> Vec<Vec<u8>> {
+        let mut opener = FrameOpener::new(key, Direction::ServerToClient);
         let mut plaintexts = Vec::new();
-        let mut rest = &received[..];
+        let mut rest = received;
         while let StreamItem::Frame { frame, consumed } = decode_stream(rest, 65_535).unwrap() {
             let mut bytes = rest[frame].to_vec();
             plaintexts.push(opener.open_in_place(&mut bytes).unwrap().to_vec());
             rest = &rest[consumed..];
         }
+        assert!(rest.is_empty(), "a partial frame was left over");
+        plaintexts
+    }
+
+    fn chunk(i: u8, len: usize) -> Outbound {
+        let mut frame = vec![0u8; 1 + len + 16];
+        frame[1..1 + len].fill(i);
+        Outbound::Plain { frame, len }
+    }
+
+    #[test]
+    fn a_lane_gives_back_the_room_a_burst_took_once_it_is_empty() {
+        let mut lanes = Lanes::default();
+        for _ in 0..1000 {
+            lanes.push(Outbound::Ready(vec![0; 10]), Lane::Control);
+        }
+        assert!(lanes.control.capacity() >= 1000);
+        let mut popped = 0;
+        while popped < 1000 {
+            let taken = batch(&mut lanes).len();
+            assert!((1..=WRITE_BATCH_FRAMES).contains(&taken));
+            popped += taken;
+        }
+        assert_eq!(popped, 1000);
+        assert!(lanes.control.capacity() <= IDLE_LANE_CAPACITY, "the lane kept its burst capacity");
+        // And it still works afterwards.
+        lanes.push(Outbound::Ready(vec![1; 3]), Lane::Control);
+        assert!(matches!(&batch(&mut lanes)[..], [Outbound::Ready(frame)] if *frame == vec![1; 3]));
+    }
+
+    #[test]
+    fn each_lane_is_first_in_first_out_and_control_goes_first() {
+        let mut lanes = Lanes::default();
+        for i in 0..3u8 {
+            lanes.push(plain(10 + i), Lane::Bulk);
+        }
+        lanes.push(Outbound::Ready(vec![1; 100]), Lane::Control);
+        lanes.push(plain(2), Lane::Control);
+        let popped: Vec<u8> = batch(&mut lanes).iter().map(first_byte).collect();
+        assert_eq!(popped, [1, 2, 10, 11, 12]);
+        // One at a time (the WebSocket's way), the order is the same.
+        lanes.push(plain(20), Lane::Bulk);
+        lanes.push(plain(3), Lane::Control);
+        let one_by_one: Vec<u8> = std::iter::from_fn(|| lanes.pop()).map(|f| first_byte(&f)).collect();
+        assert_eq!(one_by_one, [3, 20]);
+    }
+
+    /// A batch takes at most one sealing batch of file chunks, so a chat frame queued
+    /// while they are written goes out right after them, not after the whole transfer.
+    #[test]
+    fn a_batch_holds_few_chunks_and_chat_queued_meanwhile_leads_the_next() {
+        let mut lanes = Lanes::default();
+        for i in 0..20u8 {
+            lanes.push(plain(10 + i), Lane::Bulk);
+        }
+        let first: Vec<u8> = batch(&mut lanes).iter().map(first_byte).collect();
+        assert_eq!(first, (10..10 + LANES as u8).collect::<Vec<_>>());
+        lanes.push(plain(1), Lane::Control);
+        let second: Vec<u8> = batch(&mut lanes).iter().map(first_byte).collect();
+        assert_eq!(second[0], 1);
+        assert_eq!(second[1], 10 + LANES as u8);
+    }
+
+    /// The ordering test of the server side: a chat frame queued behind file chunks
+    /// reaches the client before them, and every frame still opens, because frames are
+    /// sealed in the order they are written.
+    #[tokio::test]
+    async fn a_chat_frame_queued_behind_chunks_is_written_first_and_everything_opens() {
+        let (write, mut client) = tcp_pair().await;
+        let mut queue = OutQueue::new(FrameWriter::Tcp(write), 1 << 20, 1 << 10);
+        let key = [5u8; 16];
+        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        for i in 0..4u8 {
+            queue.push_to(chunk(i, 1000), Lane::Bulk).unwrap();
+        }
+        let mut chat = vec![0u8; 1 + 5 + 16];
+        chat[1..6].copy_from_slice(b"hello");
+        queue.push_to(Outbound::Plain { frame: chat, len: 5 }, Lane::Control).unwrap();
+        queue.finish().await.unwrap();
+        assert_eq!(queue.bytes(), 0);
+
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        let plaintexts = open_all(&received, &key);
         assert_eq!(plaintexts.len(), 5);
         assert_eq!(plaintexts[0], b"hello");
         for (i, chunk) in plaintexts[1..].iter().enumerate() {
@@ -720,15 +806,61 @@ mod tests {
         }
     }
 
+    /// A client that stops reading: writing never waits (the connection's task goes on
+    /// with its other work), the bytes stay counted against the limit, the stall shows,
+    /// and once the client reads again everything arrives whole and in order.
     #[tokio::test]
-    async fn the_queue_is_bounded_in_bytes_and_ends_when_closed() {
-        let queue = OutQueue::new(100, 50);
+    async fn a_client_that_stops_reading_blocks_the_queue_not_the_task_and_nothing_is_lost() {
+        let (write, mut client) = tcp_pair().await;
+        let limit = 8 << 20;
+        let mut queue = OutQueue::new(FrameWriter::Tcp(write), limit, 1 << 10);
+        let key = [7u8; 16];
+        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        let mut pushed = 0;
+        let mut refused = false;
+        for round in 0..1000u32 {
+            match queue.push_to(chunk((round % 251) as u8, 60_000), Lane::Bulk) {
+                Ok(()) => pushed += 1,
+                Err(QueueFull) => {
+                    refused = true;
+                    break;
+                }
+            }
+            queue.write_some().unwrap();
+        }
+        assert!(refused, "a queue that is never read must fill up");
+        assert!(queue.is_blocked());
+        assert!(queue.bytes() > limit - 60_100 && queue.bytes() <= limit + 64, "{}", queue.bytes());
+        assert!(!queue.has_room());
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(queue.stalled_for() >= std::time::Duration::from_millis(30));
+
+        let reading = tokio::spawn(async move {
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        queue.finish().await.unwrap();
+        assert_eq!(queue.bytes(), 0);
+        assert!(queue.has_room() && !queue.is_blocked());
+        let plaintexts = open_all(&reading.await.unwrap(), &key);
+        assert_eq!(plaintexts.len(), pushed);
+        for (round, chunk) in plaintexts.iter().enumerate() {
+            assert_eq!(chunk.len(), 60_000);
+            assert!(chunk.iter().all(|&b| b == (round % 251) as u8), "chunk {round} is wrong");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_and_has_room_once_written() {
+        let (write, _client) = tcp_pair().await;
+        let mut queue = OutQueue::new(FrameWriter::Tcp(write), 100, 50);
         queue.push(vec![0; 60]).unwrap();
         assert_eq!(queue.push(vec![0; 41]), Err(QueueFull));
         assert!(!queue.has_room());
-        queue.close();
-        assert_eq!(batch(&queue).await.len(), 1);
+        queue.write_some().unwrap();
+        assert_eq!(queue.bytes(), 0);
         assert!(queue.has_room());
-        assert!(!queue.pop_batch(&mut Vec::new()).await);
+        queue.push(vec![0; 100]).unwrap();
     }
 }
