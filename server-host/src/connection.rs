@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use casataa_proto::ServerSession;
 use casataa_proto::handshake::{Handshake, KdfParams, Refusal, UserKey, decoy_salt};
 use casataa_proto::limits::{
@@ -545,11 +546,11 @@ impl Live<'_> {
                     written.map_err(|e| End::Transport(e.to_string()))
                 }
                 frame = reader.next_frame(max_frame) => match frame {
-                    Ok(Some(mut frame)) => {
+                    Ok(Some(frame)) => {
                         last_heard = Instant::now();
                         ping_sent = false;
                         self.registration.stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                        Box::pin(self.on_frame(&mut frame, &mut pending)).await
+                        Box::pin(self.on_frame(frame.freeze(), &mut pending)).await
                     }
                     Ok(None) => Err(End::Transport("closed by the client".into())),
                     Err(TransportError::Open(e)) => Err(End::Protocol(SessionError::Open(e))),
@@ -659,8 +660,8 @@ impl Live<'_> {
         Ok(())
     }
 
-    async fn on_frame(&mut self, frame: &mut [u8], pending: &mut FuturesOrdered<Pending>) -> Result<(), End> {
-        let message = match self.session.handle_opened(frame)? {
+    async fn on_frame(&mut self, frame: Bytes, pending: &mut FuturesOrdered<Pending>) -> Result<(), End> {
+        let message = match self.session.handle_opened(&frame)? {
             ServerEvent::Message(message) => message,
             _ => return Err(End::Protocol(SessionError::Unexpected)),
         };
@@ -698,7 +699,11 @@ impl Live<'_> {
                 Ok(())
             }
             ClientMessage::FileOffer(offer) => self.on_offer(offer).await,
-            ClientMessage::FileChunk(chunk) => self.on_chunk(chunk).await,
+            ClientMessage::FileChunk(FileChunk { file, offset, data }) => {
+                // A view of the received frame, handed to the file thread without a copy.
+                let data = frame.slice_ref(data);
+                self.on_chunk(file, offset, data).await
+            }
             ClientMessage::FileDownload { file, offset } => self.on_download(file, offset).await,
             ClientMessage::FileProgress { file, received } => {
                 if let Some(download) = self.downloads.iter_mut().find(|d| d.id == file) {
@@ -1019,8 +1024,7 @@ impl Live<'_> {
         if held == size { self.finish_upload(id).await } else { Ok(()) }
     }
 
-    async fn on_chunk(&mut self, chunk: FileChunk<'_>) -> Result<(), End> {
-        let FileChunk { file: id, offset, data } = chunk;
+    async fn on_chunk(&mut self, id: FileId, offset: u64, data: Bytes) -> Result<(), End> {
         let Some(upload) = self.uploads.get_mut(&id) else {
             if self.failed_uploads.contains(&id) {
                 return Ok(());
@@ -1039,6 +1043,7 @@ impl Live<'_> {
             self.failed_uploads.insert(id);
             return self.error(ErrorCode::TooLarge, id, "more data than the offer said");
         }
+        let len = data.len() as u64;
         if upload.storing.append(data).await.is_err() {
             // The file thread stopped on a write error: that upload fails, nothing else.
             if let Some(failed) = self.uploads.remove(&id)
@@ -1050,7 +1055,7 @@ impl Live<'_> {
             return self.error(ErrorCode::StorageFull, id, "the server's disk is full; try again later");
         }
         let Some(upload) = self.uploads.get_mut(&id) else { return Ok(()) };
-        upload.received += data.len() as u64;
+        upload.received += len;
         upload.unreported += 1;
         let (received, size, unreported) = (upload.received, upload.size, upload.unreported);
         if received == size {

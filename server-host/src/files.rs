@@ -111,7 +111,7 @@ const SYNC_EVERY: u64 = 16 << 20;
 /// until its last write, so nobody else opens the file meanwhile.
 #[derive(Debug)]
 pub struct Storing {
-    chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    chunks: tokio::sync::mpsc::Sender<bytes::Bytes>,
     done: tokio::task::JoinHandle<io::Result<(std::fs::File, Sha256)>>,
 }
 
@@ -119,7 +119,7 @@ impl Storing {
     /// Appends to `file` (which holds the bytes `hasher` has seen) from now on.
     pub fn start(mut file: std::fs::File, mut hasher: Sha256, claim: PartialClaim) -> Self {
         use std::io::Write as _;
-        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(STORE_QUEUE);
+        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(STORE_QUEUE);
         let done = tokio::task::spawn_blocking(move || {
             let _claim = claim;
             let mut unsynced = 0u64;
@@ -149,10 +149,11 @@ impl Storing {
         Self { chunks, done }
     }
 
-    /// Adds `data`; waits only when the thread is a whole queue behind. An error means
-    /// the thread stopped: [`Self::finish`] says why.
-    pub async fn append(&self, data: &[u8]) -> Result<(), ()> {
-        self.chunks.send(data.to_vec()).await.map_err(|_| ())
+    /// Adds `data` (a view of the frame it came in: no copy); waits only when the thread
+    /// is a whole queue behind. An error means the thread stopped: [`Self::finish`]
+    /// says why.
+    pub async fn append(&self, data: bytes::Bytes) -> Result<(), ()> {
+        self.chunks.send(data).await.map_err(|_| ())
     }
 
     /// Waits for every write, and returns the file and the digest of its content, or
@@ -288,7 +289,7 @@ mod tests {
         for i in 0..40u8 {
             let chunk = vec![i; 1000 + usize::from(i)];
             expected.extend_from_slice(&chunk);
-            storing.append(&chunk).await.unwrap();
+            storing.append(bytes::Bytes::copy_from_slice(&chunk)).await.unwrap();
         }
         let (_, digest) = storing.finish().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
@@ -304,7 +305,7 @@ mod tests {
         );
         let mut refused = false;
         for _ in 0..100 {
-            if storing.append(&[1; 4096]).await.is_err() {
+            if storing.append(bytes::Bytes::from_static(&[1; 4096])).await.is_err() {
                 refused = true;
                 break;
             }
