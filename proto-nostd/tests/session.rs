@@ -587,3 +587,45 @@ fn after_the_opener_is_taken_the_sessions_handle_opened_frames_only() {
     assert!(link.client.handle_opened(&[0x02, 0xff, 0xff]).is_err());
     assert!(!link.client.is_established());
 }
+
+/// A server keeps only the codec once both keys are with its transport: it exists only
+/// then, encodes exactly what the session would, and refuses what the session refuses.
+#[test]
+fn once_both_keys_are_handed_over_the_session_becomes_a_codec_that_encodes_the_same_bytes() {
+    use casataa_proto::message::Content;
+    let mut store = Store::default();
+    assert!(ServerSession::new(ServerConfig { max_frame: 65_535 }, [2; 32]).into_codec().is_none());
+    let (link, _, _) = established_without_openers(&mut store);
+    assert!(link.server.into_codec().is_none(), "the sealer is still in the session");
+
+    let (mut link, mut server_opener, _) = established_without_openers(&mut store);
+    assert!(link.server.take_sealer().is_some());
+    let message = ChatMessage {
+        seq: 7,
+        at: 1,
+        from: name("bob"),
+        to: general(),
+        client_id: 3,
+        content: Content::Text("hello".try_into().unwrap()),
+    };
+    let (mut by_session, mut by_codec) = (vec![0u8; 4096], vec![0u8; 4096]);
+    let n = link.server.encode_delivery(&message, &mut by_session).unwrap();
+    let max_frame = link.server.client_max_frame();
+    let codec = link.server.into_codec().expect("established, both keys handed over");
+    assert_eq!(codec.client_max_frame(), max_frame);
+    assert_eq!(codec.encode_delivery(&message, &mut by_codec).unwrap(), n);
+    assert_eq!(by_session[..n + 1], by_codec[..n + 1]);
+    let m = codec.encode(&ServerMessage::Deliver(message.clone()), &mut by_codec).unwrap();
+    assert_eq!((m, &by_codec[..m + 1]), (n, &by_session[..n + 1]));
+
+    // A frame opened by the taken opener decodes; bytes that are no message are refused.
+    let mut buffer = vec![0u8; 4096];
+    let mut lens = [0usize; 1];
+    link.client
+        .seal_batch(&[ClientMessage::Ack { up_to: 4 }], &mut [buffer.as_mut_slice()], &mut lens)
+        .unwrap();
+    let frame = &mut buffer[..lens[0]];
+    server_opener.open_in_place(frame).unwrap();
+    assert_eq!(codec.handle_opened(frame).unwrap(), ServerEvent::Message(ClientMessage::Ack { up_to: 4 }));
+    assert!(codec.handle_opened(&[0x02, 0xff, 0xff]).is_err());
+}

@@ -119,8 +119,9 @@ impl Mailbox {
             {
                 let mut queue = self.queue();
                 if let Some(event) = queue.pop_front() {
-                    if queue.is_empty() && queue.capacity() > 8 {
-                        queue.shrink_to(0);
+                    if queue.is_empty() {
+                        // Idle sessions hold no room (see `transport::Lanes`).
+                        *queue = VecDeque::new();
                     }
                     return event;
                 }

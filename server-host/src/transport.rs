@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
 use casataa_proto::aead::{BatchError, FrameOpener, FrameSealer, OpenError};
@@ -75,7 +76,7 @@ pub struct FrameReader {
     /// opened as one batch, their CBC-MAC chains interleaved.
     opener: Option<FrameOpener>,
     /// Frames opened and not yet returned, in order.
-    opened: VecDeque<BytesMut>,
+    opened: std::vec::IntoIter<BytesMut>,
     /// The error that follows the frames in `opened`: the frames before a forged one
     /// are good and are handled first.
     failed: Option<TransportError>,
@@ -106,7 +107,7 @@ impl FrameReader {
     }
 
     fn new(source: Source) -> Self {
-        Self { source, opener: None, opened: VecDeque::new(), failed: None }
+        Self { source, opener: None, opened: Vec::new().into_iter(), failed: None }
     }
 
     /// From now on every frame is opened here, and [`Self::next_frame`] returns it
@@ -117,20 +118,38 @@ impl FrameReader {
 
     /// The next whole frame, `None` at a clean end of stream. Refuses frames over
     /// `max_frame` before buffering them. Cancel-safe: bytes already read stay buffered,
-    /// and frames already opened stay queued.
-    pub async fn next_frame(&mut self, max_frame: usize) -> Result<Option<BytesMut>, TransportError> {
+    /// and frames already opened stay queued. The future holds nothing but its
+    /// arguments (the state is in the reader), so a connection waiting for its client
+    /// keeps no room for it.
+    pub fn next_frame(
+        &mut self,
+        max_frame: usize,
+    ) -> impl Future<Output = Result<Option<BytesMut>, TransportError>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_next_frame(cx, max_frame))
+    }
+
+    fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_frame: usize,
+    ) -> Poll<Result<Option<BytesMut>, TransportError>> {
         loop {
-            if let Some(frame) = self.opened.pop_front() {
-                return Ok(Some(frame));
+            if let Some(frame) = self.opened.next() {
+                if self.opened.len() == 0 {
+                    // Hold no room while idle.
+                    self.opened = Vec::new().into_iter();
+                }
+                return Poll::Ready(Ok(Some(frame)));
             }
             if let Some(e) = self.failed.take() {
-                return Err(e);
+                return Poll::Ready(Err(e));
             }
-            let Some(frames) = self.source.next_frames(max_frame, self.opener.is_some()).await? else {
-                return Ok(None);
+            let Some(frames) = ready!(self.source.poll_next_frames(cx, max_frame, self.opener.is_some()))?
+            else {
+                return Poll::Ready(Ok(None));
             };
             match self.opener.as_mut() {
-                None => self.opened.extend(frames),
+                None => self.opened = frames.into_iter(),
                 Some(opener) => {
                     let mut frames = frames;
                     let mut views: Vec<&mut [u8]> = frames.iter_mut().map(|frame| &mut frame[..]).collect();
@@ -143,7 +162,7 @@ impl FrameReader {
                         }
                     };
                     frames.truncate(opened);
-                    self.opened.extend(frames);
+                    self.opened = frames.into_iter();
                 }
             }
         }
@@ -153,11 +172,12 @@ impl FrameReader {
 impl Source {
     /// One or more whole frames: every frame already buffered (up to a batch), or the
     /// next one to arrive. `None` at a clean end of stream.
-    async fn next_frames(
+    fn poll_next_frames(
         &mut self,
+        cx: &mut Context<'_>,
         max_frame: usize,
         batch: bool,
-    ) -> Result<Option<Vec<BytesMut>>, TransportError> {
+    ) -> Poll<Result<Option<Vec<BytesMut>>, TransportError>> {
         match self {
             Self::Tcp { half, buf } => loop {
                 let mut frames = Vec::new();
@@ -182,11 +202,11 @@ impl Source {
                         // idle (the frames keep what they use of it).
                         *buf = BytesMut::new();
                     }
-                    return Ok(Some(frames));
+                    return Poll::Ready(Ok(Some(frames)));
                 }
                 // Wait for data before taking room for it, so that an idle connection
                 // holds no read buffer at all.
-                half.readable().await.map_err(TransportError::Io)?;
+                ready!(half.as_ref().poll_read_ready(cx)).map_err(TransportError::Io)?;
                 let read = if wanted > SMALL_READ {
                     // A large frame on the way means a transfer: read several at once,
                     // straight into the buffer.
@@ -204,11 +224,11 @@ impl Source {
                 };
                 match read {
                     Ok(0) => {
-                        return if buf.is_empty() {
+                        return Poll::Ready(if buf.is_empty() {
                             Ok(None)
                         } else {
                             Err(TransportError::Io(io::ErrorKind::UnexpectedEof.into()))
-                        };
+                        });
                     }
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -217,28 +237,28 @@ impl Source {
                             *buf = BytesMut::new();
                         }
                     }
-                    Err(e) => return Err(TransportError::Io(e)),
+                    Err(e) => return Poll::Ready(Err(TransportError::Io(e))),
                 }
             },
             Self::Ws(stream) => loop {
-                let Some(message) = stream.next().await else {
-                    return Ok(None);
+                let Some(message) = ready!(stream.poll_next_unpin(cx)) else {
+                    return Poll::Ready(Ok(None));
                 };
                 let message = message.map_err(|e| TransportError::WebSocket(e.to_string()))?;
                 if message.is_close() {
-                    return Ok(None);
+                    return Poll::Ready(Ok(None));
                 }
                 if message.is_ping() || message.is_pong() {
                     continue;
                 }
                 if !message.is_binary() {
-                    return Err(TransportError::WebSocket(
+                    return Poll::Ready(Err(TransportError::WebSocket(
                         "text message where a binary frame belongs".into(),
-                    ));
+                    )));
                 }
                 let frame = message.into_bytes();
                 check_datagram(&frame, max_frame).map_err(TransportError::Frame)?;
-                return Ok(Some(vec![BytesMut::from(&frame[..])]));
+                return Poll::Ready(Ok(Some(vec![BytesMut::from(&frame[..])])));
             },
         }
     }
@@ -326,16 +346,6 @@ const WRITE_BATCH_FRAMES: usize = 64;
 /// About the most bytes taken for one write: a batch closes once it holds this much.
 const WRITE_BATCH_BYTES: usize = LANES * 64 * 1024;
 
-/// Entries a lane keeps room for once it is empty.
-const IDLE_LANE_CAPACITY: usize = 8;
-/// Room above which an empty lane gives it back: ordinary bursts keep theirs, so a
-/// busy session does not reallocate every time its queue drains.
-const BURST_LANE_CAPACITY: usize = 64;
-
-/// Bytes of gathering buffer kept once everything is written: enough for the chat of
-/// a busy connection without an allocation per write.
-const WIRE_KEPT: usize = 1024;
-
 /// The two lanes of frames waiting, and which of them a write takes next.
 #[derive(Debug, Default)]
 struct Lanes {
@@ -387,12 +397,13 @@ impl Lanes {
         bytes
     }
 
-    /// A burst (a backlog after login, say) grew the lanes: give the room back once
-    /// they are empty, so an idle connection holds none.
+    /// An empty lane gives its room back, so an idle connection holds none: among ten
+    /// thousand idle connections, a few hundred bytes kept by each add up, while an
+    /// allocation per write is small beside the write's system call.
     fn give_back_room(&mut self) {
         for lane in [&mut self.control, &mut self.bulk] {
-            if lane.is_empty() && lane.capacity() > BURST_LANE_CAPACITY {
-                lane.shrink_to(IDLE_LANE_CAPACITY);
+            if lane.is_empty() && lane.capacity() > 0 {
+                *lane = VecDeque::new();
             }
         }
     }
@@ -513,10 +524,10 @@ impl OutQueue {
             FrameWriter::Ws(_) => {
                 // Polled without a waker: a sink that is not ready is waited for by
                 // `writable`, which polls it again with the task's waker.
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let mut cx = Context::from_waker(std::task::Waker::noop());
                 match self.poll_ws(&mut cx) {
-                    std::task::Poll::Ready(result) => result,
-                    std::task::Poll::Pending => {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => {
                         self.blocked = true;
                         Ok(())
                     }
@@ -527,13 +538,18 @@ impl OutQueue {
 
     /// Waits until the socket takes bytes again (on a WebSocket, writes meanwhile).
     /// Cancel-safe: nothing is lost when it is dropped.
-    pub async fn writable(&mut self) -> Result<(), TransportError> {
-        match &self.writer {
-            FrameWriter::Tcp(half) => half.writable().await.map_err(TransportError::Io)?,
-            FrameWriter::Ws(_) => std::future::poll_fn(|cx| self.poll_ws(cx)).await?,
-        }
-        self.blocked = false;
-        Ok(())
+    /// Like [`FrameReader::next_frame`], the future holds only its argument.
+    pub fn writable(&mut self) -> impl Future<Output = Result<(), TransportError>> + '_ {
+        std::future::poll_fn(move |cx| {
+            match &self.writer {
+                FrameWriter::Tcp(half) => {
+                    ready!(half.as_ref().poll_write_ready(cx)).map_err(TransportError::Io)?
+                }
+                FrameWriter::Ws(_) => ready!(self.poll_ws(cx))?,
+            }
+            self.blocked = false;
+            Poll::Ready(Ok(()))
+        })
     }
 
     /// Writes everything queued, waiting for the socket as needed.
@@ -582,10 +598,9 @@ impl OutQueue {
             self.written = 0;
             let taken = self.lanes.take_batch(&mut batch);
             if batch.is_empty() {
-                if self.wire.capacity() > WIRE_KEPT {
-                    // Nothing waits: an idle connection keeps no large buffer.
-                    self.wire = Vec::new();
-                }
+                // Nothing waits: an idle connection keeps no buffer (see
+                // `Lanes::give_back_room`).
+                self.wire = Vec::new();
                 self.blocked = false;
                 return Ok(());
             }
@@ -600,8 +615,7 @@ impl OutQueue {
 
     /// Hands frames to the WebSocket sink one at a time (the sink takes one message per
     /// frame), then flushes it.
-    fn poll_ws(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), TransportError>> {
-        use std::task::Poll;
+    fn poll_ws(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
         let FrameWriter::Ws(sink) = &mut self.writer else {
             return Poll::Ready(Ok(()));
         };
@@ -739,7 +753,7 @@ mod tests {
             popped += taken;
         }
         assert_eq!(popped, 1000);
-        assert!(lanes.control.capacity() <= IDLE_LANE_CAPACITY, "the lane kept its burst capacity");
+        assert_eq!(lanes.control.capacity(), 0, "the lane kept its burst capacity");
         // And it still works afterwards.
         lanes.push(Outbound::Ready(vec![1; 3]), Lane::Control);
         assert!(matches!(&batch(&mut lanes)[..], [Outbound::Ready(frame)] if *frame == vec![1; 3]));

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{ClientConfig, ClientEvent, ClientSession};
 pub use outbox::Outbox;
-pub use server::{ServerConfig, ServerEvent, ServerSession, UserLookup};
+pub use server::{ServerCodec, ServerConfig, ServerEvent, ServerSession, UserLookup};
 
 use crate::aead::{FrameOpener, FrameSealer, OpenError, SealError};
 use crate::frame::{FrameError, KIND_HANDSHAKE};

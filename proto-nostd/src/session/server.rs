@@ -232,7 +232,7 @@ impl ServerSession {
         if self.state != State::Established {
             return Err(SessionError::NotEstablished);
         }
-        encode_message(message, out, self.client_max_frame)
+        self.codec().encode(message, out)
     }
 
     /// Like [`Self::encode`] for `ServerMessage::Deliver(message)`, without moving the
@@ -241,7 +241,7 @@ impl ServerSession {
         if self.state != State::Established {
             return Err(SessionError::NotEstablished);
         }
-        encode_message(&DeliverRef(message), out, self.client_max_frame)
+        self.codec().encode_delivery(message, out)
     }
 
     /// Hands the server-to-client sealer to the code that writes frames. Afterwards
@@ -271,11 +271,7 @@ impl ServerSession {
         let result = if self.state != State::Established || self.opener.is_some() {
             Err(SessionError::Unexpected)
         } else {
-            match decode_exact(frame.get(plaintext_range(frame.len())).unwrap_or_default()) {
-                Ok(ClientMessage::Login(_)) => Err(SessionError::Unexpected),
-                Ok(message) => Ok(ServerEvent::Message(message)),
-                Err(e) => Err(e),
-            }
+            self.codec().handle_opened(frame)
         };
         if result.is_err() {
             self.state = State::Closed;
@@ -291,6 +287,55 @@ impl ServerSession {
     /// Whether the login succeeded and the session is usable.
     pub fn is_established(&self) -> bool {
         self.state == State::Established
+    }
+
+    /// The largest frame the client accepts.
+    pub fn client_max_frame(&self) -> usize {
+        self.client_max_frame
+    }
+
+    fn codec(&self) -> ServerCodec {
+        ServerCodec { client_max_frame: self.client_max_frame }
+    }
+
+    /// What is left of an established session once both keys are handed over
+    /// ([`Self::take_sealer`], [`Self::take_opener`]): encoding and decoding. A server
+    /// keeps it for the life of the connection instead of the whole session, which
+    /// still has room for the handshake and both keys (about 600 bytes per
+    /// connection). `None` before that.
+    pub fn into_codec(self) -> Option<ServerCodec> {
+        let handed_over = self.sealer.is_none() && self.opener.is_none();
+        (self.state == State::Established && handed_over).then(|| self.codec())
+    }
+}
+
+/// The messages of an established session whose keys live elsewhere: frames come in
+/// already opened, and go out as plaintext to be sealed at write time. Holds no key
+/// material. From [`ServerSession::into_codec`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServerCodec {
+    client_max_frame: usize,
+}
+
+impl ServerCodec {
+    /// Decodes an opened frame (the whole frame, its plaintext between the header byte
+    /// and the tag). An error means the client broke the protocol: end the session.
+    pub fn handle_opened<'f>(&self, frame: &'f [u8]) -> Result<ServerEvent<'f>, SessionError> {
+        match decode_exact(frame.get(plaintext_range(frame.len())).unwrap_or_default()) {
+            Ok(ClientMessage::Login(_)) => Err(SessionError::Unexpected),
+            Ok(message) => Ok(ServerEvent::Message(message)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`ServerSession::encode`].
+    pub fn encode(&self, message: &ServerMessage<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
+        encode_message(message, out, self.client_max_frame)
+    }
+
+    /// [`ServerSession::encode_delivery`].
+    pub fn encode_delivery(&self, message: &ChatMessage, out: &mut [u8]) -> Result<usize, SessionError> {
+        encode_message(&DeliverRef(message), out, self.client_max_frame)
     }
 
     /// The largest frame the client accepts.
