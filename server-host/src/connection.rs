@@ -532,6 +532,11 @@ impl Live<'_> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let closer = Arc::clone(&self.registration.closer);
         loop {
+            // What the last step queued goes out first: pulling more messages may wait
+            // for SQLite (the welcome would wait behind an offline device's backlog).
+            if let Err(e) = self.queue.write_some() {
+                return End::Transport(e.to_string());
+            }
             if self.backlog
                 && self.queue.has_room()
                 && let Err(end) = Box::pin(self.deliver_more()).await
