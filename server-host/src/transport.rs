@@ -526,7 +526,10 @@ impl OutQueue {
                 // `writable`, which polls it again with the task's waker.
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 match self.poll_ws(&mut cx) {
-                    Poll::Ready(result) => result,
+                    Poll::Ready(result) => {
+                        self.blocked = false;
+                        result
+                    }
                     Poll::Pending => {
                         self.blocked = true;
                         Ok(())
@@ -630,10 +633,13 @@ impl OutQueue {
             self.bytes -= frame.size();
             self.progress = std::time::Instant::now();
             let mut one = [frame];
-            let sealed = match seal_batch(self.sealer.as_mut(), &mut one) {
-                Ok(frames) => frames.first().map(|frame| frame.to_vec()).unwrap_or_default(),
+            let sealed_len = match seal_batch(self.sealer.as_mut(), &mut one) {
+                Ok(frames) => frames.first().map_or(0, |frame| frame.len()),
                 Err(e) => return Poll::Ready(Err(e)),
             };
+            // The frame's own buffer becomes the message: no copy.
+            let [Outbound::Ready(mut sealed) | Outbound::Plain { frame: mut sealed, .. }] = one;
+            sealed.truncate(sealed_len);
             if let Err(e) = sink.start_send_unpin(Message::binary(sealed)) {
                 return Poll::Ready(Err(failed(e)));
             }
