@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use casataa_cli::client::{Client, ClientError, ConnectOptions, Event, Secret};
+use casataa_cli::discovery::Patience;
 use casataa_cli::json;
 use casataa_cli::state::{self, UserState};
 use casataa_cli::transfer::{self, Destination};
@@ -220,9 +221,11 @@ async fn choose_server(cli: &Cli) -> anyhow::Result<String> {
     if let Some(server) = &cli.server {
         return Ok(server.clone());
     }
-    let found = tokio::task::spawn_blocking(|| casataa_cli::discovery::discover(DISCOVERY_WAIT))
-        .await
-        .context("the search for servers stopped")?;
+    let found = tokio::task::spawn_blocking(|| {
+        casataa_cli::discovery::discover_to_connect(Patience::TO_CONNECT, local_server_answers)
+    })
+    .await
+    .context("the search for servers stopped")?;
     let mut servers = match found {
         Ok(servers) => servers,
         Err(e) => {
@@ -266,10 +269,16 @@ async fn choose_server(cli: &Cli) -> anyhow::Result<String> {
     Ok(addr.to_string())
 }
 
-/// How long a command without `--server` listens for servers.
-const DISCOVERY_WAIT: Duration = Duration::from_millis(1500);
 /// Where to look when no server answers.
 const LOCAL_SERVER: &str = "127.0.0.1:5000";
+
+/// Whether a server accepts connections at [`LOCAL_SERVER`]: when nothing answered on
+/// the LAN, this one need not wait for the search's last question.
+fn local_server_answers() -> bool {
+    LOCAL_SERVER
+        .parse()
+        .is_ok_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok())
+}
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {

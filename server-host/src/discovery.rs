@@ -8,7 +8,8 @@
 //! going, and sends goodbyes (TTL 0) when the services are withdrawn at shutdown.
 //! A server bound to the unspecified address announces on every LAN interface, one
 //! bound to an address only on that address's interface, and one bound to loopback
-//! announces nothing (there is nobody to tell).
+//! announces nothing (there is nobody to tell). Only the address families the server
+//! listens on are announced: one bound to `0.0.0.0` answers over IPv4 alone.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -72,6 +73,14 @@ pub fn announce(what: &Announcement) -> Result<Option<Announcer>, mdns_sd::Error
     // one address announces on that address's interface only.
     let _ = daemon.disable_interface(mdns_sd::IfKind::LoopbackV4);
     let _ = daemon.disable_interface(mdns_sd::IfKind::LoopbackV6);
+    // Only the address families the server listens on are announced: an IPv4-only
+    // server that also answered over IPv6 would hand out link-local addresses nobody
+    // can connect to, and a client that heard that answer first counts the service as
+    // known and asks no more (known-answer suppression), so it never gets the IPv4
+    // one.
+    if !what.tcp.is_ipv6() && !what.http.is_ipv6() {
+        daemon.disable_interface(mdns_sd::IfKind::IPv6)?;
+    }
     if !what.tcp.ip().is_unspecified() && !what.http.ip().is_unspecified() {
         daemon.disable_interface(mdns_sd::IfKind::All)?;
         for ip in [what.tcp.ip(), what.http.ip()] {
