@@ -30,8 +30,8 @@ use casataa_proto::session::{
     AuthFailure, ServerConfig, ServerEvent, SessionError, UserLookup, encode_handshake,
 };
 use casataa_proto::types::{ClientMsgId, DeviceId, FileId, Name, Passphrase, Role, Seq, Target, truncated};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
@@ -128,6 +128,19 @@ fn random_bytes<const N: usize>() -> [u8; N] {
         std::process::abort();
     }
     out
+}
+
+/// [`serve`], keeping `held` (the server's connection permit) until the connection
+/// ends. The task's future holds the session's future once: an `async` block awaiting
+/// it would hold it twice, as the value it captured and as the future it awaits.
+pub fn serve_holding<T: Send + 'static>(
+    ctx: Context,
+    reader: FrameReader,
+    writer: FrameWriter,
+    peer: SocketAddr,
+    held: T,
+) -> impl Future<Output = ()> + Send {
+    serve(ctx, reader, writer, peer).map(move |()| drop(held))
 }
 
 /// Serves one connection until it ends.
@@ -329,6 +342,37 @@ type Pending = Pin<
     Box<dyn Future<Output = (ClientMsgId, Result<(Appended, Option<ActivityEvent>), StoreError>)> + Send>,
 >;
 
+/// The stores of the messages this session sent, answered in the order they were
+/// sent. The list is made at the first message and given back once empty at a tick:
+/// an idle connection holds none (an empty `FuturesOrdered` is two allocations).
+#[derive(Default)]
+struct PendingStores(Option<FuturesOrdered<Pending>>);
+
+impl PendingStores {
+    fn push(&mut self, storing: Pending) {
+        self.0.get_or_insert_with(FuturesOrdered::new).push_back(storing);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(FuturesOrdered::is_empty)
+    }
+
+    /// The next store to finish, in sending order; `None` when there is none.
+    async fn next(&mut self) -> Option<<Pending as Future>::Output> {
+        match &mut self.0 {
+            Some(pending) => pending.next().await,
+            None => None,
+        }
+    }
+
+    /// Gives the list's allocation back if nothing is pending.
+    fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+}
+
 /// The state of an established session.
 struct Live<'c> {
     ctx: &'c Context,
@@ -520,7 +564,7 @@ impl Live<'_> {
             return end;
         }
         let mut latest = self.ctx.hub.store().latest_seq();
-        let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let mut pending = PendingStores::default();
         let idle = self.ctx.settings.idle;
         let stall = self.ctx.settings.write_stall;
         let mut last_heard = Instant::now();
@@ -595,6 +639,7 @@ impl Live<'_> {
                 () = tokio::task::coop::consume_budget(), if more => Ok(()),
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    pending.release_if_empty();
                     if let Err(e) = Box::pin(self.persist_cursor()).await {
                         return End::Store(e);
                     }
@@ -679,7 +724,7 @@ impl Live<'_> {
         Ok(())
     }
 
-    async fn on_frame(&mut self, frame: Bytes, pending: &mut FuturesOrdered<Pending>) -> Result<(), End> {
+    async fn on_frame(&mut self, frame: Bytes, pending: &mut PendingStores) -> Result<(), End> {
         let message = match self.session.handle_opened(&frame)? {
             ServerEvent::Message(message) => message,
             _ => return Err(End::Protocol(SessionError::Unexpected)),
@@ -788,7 +833,7 @@ impl Live<'_> {
         })
     }
 
-    async fn on_send(&mut self, send: SendMessage, pending: &mut FuturesOrdered<Pending>) -> Result<(), End> {
+    async fn on_send(&mut self, send: SendMessage, pending: &mut PendingStores) -> Result<(), End> {
         let SendMessage { client_id, to, body } = send;
         if !self.messages.take() {
             self.violations += 1;
@@ -851,7 +896,7 @@ impl Live<'_> {
         if let Poll::Ready(done) = first_poll {
             storing = Box::pin(std::future::ready(done));
         }
-        pending.push_back(storing);
+        pending.push(storing);
         Ok(())
     }
 
@@ -1448,6 +1493,16 @@ mod tests {
         let serve_size = size_of_val(&serving);
         assert!(serve_size <= 1024, "the connection's task holds {serve_size} bytes");
         drop(serving);
+        let (read, write) =
+            tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap().into_split();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let task = serve_holding(ctx.clone(), FrameReader::tcp(read), FrameWriter::Tcp(write), peer, permit);
+        let task_size = size_of_val(&task);
+        assert!(
+            task_size <= serve_size + 16,
+            "the task holding its permit is {task_size} bytes for a session of {serve_size}"
+        );
+        drop(task);
 
         let (read, write) =
             tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap().into_split();

@@ -307,10 +307,7 @@ pub(crate) fn spawn_session(
     match Arc::clone(limit).try_acquire_owned() {
         Ok(permit) => {
             totals.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                connection::serve(context, reader, writer, peer).await;
-                drop(permit);
-            });
+            tokio::spawn(connection::serve_holding(context, reader, writer, peer, permit));
         }
         Err(_) => {
             totals.refused_busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
