@@ -37,7 +37,7 @@ use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::files::{Disk, Download, Storing, Upload, WINDOW, open_partial};
-use crate::hub::{Hub, HubEvent, Registration};
+use crate::hub::{Hub, HubEvent, Incoming, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
 use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, Outbound, QueueFull, TransportError};
@@ -549,8 +549,8 @@ impl Live<'_> {
             let total = HEADER_LEN + len + TAG_LEN;
             Ok::<_, SessionError>((scratch.get(..total).unwrap_or_default().to_vec(), len))
         })?;
-        self.registration.stats.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
-        self.registration.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.registration.mailbox.stats.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.registration.mailbox.stats.messages_out.fetch_add(1, Ordering::Relaxed);
         self.queue.push_to(Outbound::Plain { frame, len }, lane)?;
         Ok(())
     }
@@ -574,8 +574,13 @@ impl Live<'_> {
         let mut tick =
             tokio::time::interval(Duration::from_millis(250).min(stall / 4).max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let closer = Arc::clone(&self.registration.closer);
         loop {
+            // Checked at every step, so that a kick or a shutdown is not held up by a
+            // client that keeps sending (the mailbox's branch waits behind the reader's).
+            if let Some(reason) = self.registration.mailbox.closing() {
+                let _ = self.send(&ServerMessage::Closing { reason });
+                return End::Closed(reason);
+            }
             // What the last step queued goes out first: pulling more messages may wait
             // for SQLite (the welcome would wait behind an offline device's backlog).
             if let Err(e) = self.queue.write_some() {
@@ -593,7 +598,7 @@ impl Live<'_> {
             if let Err(e) = self.queue.write_some() {
                 return End::Transport(e.to_string());
             }
-            self.registration.stats.queued_bytes.store(self.queue.bytes() as u64, Ordering::Relaxed);
+            self.registration.mailbox.stats.queued_bytes.store(self.queue.bytes() as u64, Ordering::Relaxed);
             // Everything queued was written (the socket is not full), yet messages or
             // chunks wait to be queued: go round again, once the branches above have
             // had their turn and within the task's budget.
@@ -601,10 +606,6 @@ impl Live<'_> {
             let max_frame = self.ctx.settings.max_frame as usize;
             let step = tokio::select! {
                 biased;
-                reason = closer.closed() => {
-                    let _ = self.send(&ServerMessage::Closing { reason });
-                    return End::Closed(reason);
-                }
                 written = self.queue.writable(), if self.queue.is_blocked() => {
                     written.map_err(|e| End::Transport(e.to_string()))
                 }
@@ -612,7 +613,7 @@ impl Live<'_> {
                     Ok(Some(frame)) => {
                         last_heard = Instant::now();
                         ping_sent = false;
-                        self.registration.stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                        self.registration.mailbox.stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
                         Box::pin(self.on_frame(frame.freeze(), &mut pending)).await
                     }
                     Ok(None) => Err(End::Transport("closed by the client".into())),
@@ -622,7 +623,13 @@ impl Live<'_> {
                 Some((client_id, result)) = pending.next(), if !pending.is_empty() => {
                     self.on_stored(client_id, result)
                 }
-                event = self.registration.events.recv() => self.on_hub_event(event),
+                incoming = self.registration.mailbox.recv() => match incoming {
+                    Incoming::Close(reason) => {
+                        let _ = self.send(&ServerMessage::Closing { reason });
+                        return End::Closed(reason);
+                    }
+                    Incoming::Event(event) => self.on_hub_event(event),
+                },
                 event = recv_activity(&mut self.activity), if self.activity.is_some() => {
                     match event {
                         Some(event) => self.send(&ServerMessage::Activity(event)),
@@ -718,7 +725,7 @@ impl Live<'_> {
                 self.sent_up_to = message.seq;
                 delivered += 1;
             }
-            self.registration.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
+            self.registration.mailbox.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
         }
         self.backlog = true;
         Ok(())
@@ -729,7 +736,7 @@ impl Live<'_> {
             ServerEvent::Message(message) => message,
             _ => return Err(End::Protocol(SessionError::Unexpected)),
         };
-        self.registration.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.registration.mailbox.stats.messages_in.fetch_add(1, Ordering::Relaxed);
         match message {
             ClientMessage::Send(send) => self.on_send(send, pending).await,
             ClientMessage::Ack { up_to } => {

@@ -54,42 +54,34 @@ pub struct SessionStats {
     pub queued_bytes: AtomicU64,
 }
 
-/// Tells a session to close, out of band of its (possibly full) event queue.
-#[derive(Debug, Default)]
-pub struct Closer {
-    reason: Mutex<Option<CloseReason>>,
-    notify: tokio::sync::Notify,
-}
-
-impl Closer {
-    /// Asks the session to close; the first reason wins.
-    pub fn close(&self, reason: CloseReason) {
-        let mut current = self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.is_none() {
-            *current = Some(reason);
-        }
-        drop(current);
-        self.notify.notify_one();
-    }
-
-    /// Waits until the session is asked to close, and says why.
-    pub async fn closed(&self) -> CloseReason {
-        loop {
-            let reason = *self.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(reason) = reason {
-                return reason;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
-/// A session's hub events: a bounded queue that holds no memory while it is empty (a
-/// channel would keep a block of slots for every idle connection).
+/// What the hub and one session share, in one allocation: the session's counters, its
+/// hub events, and the request to close it.
+///
+/// The events are a bounded queue that holds no memory while it is empty (a channel
+/// would keep a block of slots for every idle connection). A request to close overtakes
+/// them, so a session whose queue is full is still closed at once; and the session
+/// waits for both with one waker.
 #[derive(Debug, Default)]
 pub struct Mailbox {
-    queue: Mutex<VecDeque<HubEvent>>,
+    inbox: Mutex<Inbox>,
     ready: tokio::sync::Notify,
+    /// The session's counters, shared with the admin view and `/metrics`.
+    pub stats: SessionStats,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    events: VecDeque<HubEvent>,
+    closing: Option<CloseReason>,
+}
+
+/// What a session takes from its [`Mailbox`].
+#[derive(Debug)]
+pub enum Incoming {
+    /// The session must close, for this reason.
+    Close(CloseReason),
+    /// A hub event to pass on.
+    Event(HubEvent),
 }
 
 /// The mailbox held [`EVENT_QUEUE`] events: its session is not reading.
@@ -97,33 +89,48 @@ pub struct Mailbox {
 struct MailboxFull;
 
 impl Mailbox {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<HubEvent>> {
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn push(&self, event: HubEvent) -> Result<(), MailboxFull> {
-        let mut queue = self.queue();
-        if queue.len() >= EVENT_QUEUE {
+        let mut inbox = self.inbox();
+        if inbox.events.len() >= EVENT_QUEUE {
             return Err(MailboxFull);
         }
-        queue.push_back(event);
-        drop(queue);
+        inbox.events.push_back(event);
+        drop(inbox);
         self.ready.notify_one();
         Ok(())
     }
 
-    /// The next event. Cancel-safe: an event is taken only when it is returned.
-    pub async fn recv(&self) -> HubEvent {
+    /// Why the session was asked to close, if it was.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.inbox().closing
+    }
+
+    /// Asks the session to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        self.inbox().closing.get_or_insert(reason);
+        self.ready.notify_one();
+    }
+
+    /// The request to close, once made; else the next event. Cancel-safe: an event is
+    /// taken only when it is returned.
+    pub async fn recv(&self) -> Incoming {
         loop {
             let notified = self.ready.notified();
             {
-                let mut queue = self.queue();
-                if let Some(event) = queue.pop_front() {
-                    if queue.is_empty() {
+                let mut inbox = self.inbox();
+                if let Some(reason) = inbox.closing {
+                    return Incoming::Close(reason);
+                }
+                if let Some(event) = inbox.events.pop_front() {
+                    if inbox.events.is_empty() {
                         // Idle sessions hold no room (see `transport::Lanes`).
-                        *queue = VecDeque::new();
+                        inbox.events = VecDeque::new();
                     }
-                    return event;
+                    return Incoming::Event(event);
                 }
             }
             notified.await;
@@ -136,9 +143,7 @@ struct SessionEntry {
     kind: ClientKind,
     addr: String,
     since: u64,
-    events: Arc<Mailbox>,
-    closer: Arc<Closer>,
-    stats: Arc<SessionStats>,
+    mailbox: Arc<Mailbox>,
     watches_sessions: bool,
 }
 
@@ -146,8 +151,8 @@ impl SessionEntry {
     /// Queues an event; a session whose queue is full is not reading: close it (its
     /// chat messages wait in the store).
     fn deliver(&self, event: HubEvent) {
-        if self.events.push(event).is_err() {
-            self.closer.close(CloseReason::TooSlow);
+        if self.mailbox.push(event).is_err() {
+            self.mailbox.close(CloseReason::TooSlow);
         }
     }
 }
@@ -195,12 +200,8 @@ pub struct Registration {
     hub: Arc<Hub>,
     /// The session's id.
     pub id: u64,
-    /// Events for the session.
-    pub events: Arc<Mailbox>,
-    /// The session's counters.
-    pub stats: Arc<SessionStats>,
-    /// Fires when the session must close.
-    pub closer: Arc<Closer>,
+    /// Events, the request to close, and the counters of the session.
+    pub mailbox: Arc<Mailbox>,
 }
 
 impl Drop for Registration {
@@ -257,7 +258,7 @@ impl Hub {
         let state = self.state();
         let mut users = std::collections::HashSet::new();
         for session in state.sessions.values() {
-            let stats = &session.stats;
+            let stats = &session.mailbox.stats;
             snapshot.sessions += 1;
             users.insert(&session.user);
             snapshot.messages_in += load(&stats.messages_in);
@@ -291,9 +292,7 @@ impl Hub {
     /// Registers an authenticated session.
     pub fn register(self: &Arc<Self>, user: &Name, kind: ClientKind, addr: String) -> Registration {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let events = Arc::new(Mailbox::default());
-        let stats = Arc::new(SessionStats::default());
-        let closer = Arc::new(Closer::default());
+        let mailbox = Arc::new(Mailbox::default());
         let already_shown = {
             let mut state = self.state();
             // Presence changes only when the user comes online, or on another kind of
@@ -306,9 +305,7 @@ impl Hub {
                     kind,
                     addr,
                     since: unix_millis(),
-                    events: Arc::clone(&events),
-                    closer: Arc::clone(&closer),
-                    stats: Arc::clone(&stats),
+                    mailbox: Arc::clone(&mailbox),
                     watches_sessions: false,
                 },
             );
@@ -318,13 +315,13 @@ impl Hub {
             self.broadcast(&HubEvent::Presence(Presence { user: user.clone(), online: true, kind }), None);
         }
         self.notify_session_watchers();
-        Registration { hub: Arc::clone(self), id, events, stats, closer }
+        Registration { hub: Arc::clone(self), id, mailbox }
     }
 
     fn unregister(&self, id: u64) {
         let removed = self.state().sessions.remove(&id);
         if let Some(entry) = removed {
-            let (stats, totals) = (&entry.stats, &self.totals);
+            let (stats, totals) = (&entry.mailbox.stats, &self.totals);
             for (from, into) in [
                 (&stats.messages_in, &totals.ended_messages_in),
                 (&stats.messages_out, &totals.ended_messages_out),
@@ -454,10 +451,10 @@ impl Hub {
                 kind: s.kind,
                 addr: truncated(&s.addr),
                 since: s.since,
-                messages_in: s.stats.messages_in.load(Ordering::Relaxed),
-                messages_out: s.stats.messages_out.load(Ordering::Relaxed),
-                bytes_in: s.stats.bytes_in.load(Ordering::Relaxed),
-                bytes_out: s.stats.bytes_out.load(Ordering::Relaxed),
+                messages_in: s.mailbox.stats.messages_in.load(Ordering::Relaxed),
+                messages_out: s.mailbox.stats.messages_out.load(Ordering::Relaxed),
+                bytes_in: s.mailbox.stats.bytes_in.load(Ordering::Relaxed),
+                bytes_out: s.mailbox.stats.bytes_out.load(Ordering::Relaxed),
             })
             .collect();
         out.sort_by_key(|s| s.session);
@@ -475,7 +472,7 @@ impl Hub {
         let state = self.state();
         for session in state.sessions.values().filter(|s| s.watches_sessions) {
             // A snapshot is coming anyway if the queue already holds one.
-            let _ = session.events.push(HubEvent::SessionsChanged);
+            let _ = session.mailbox.push(HubEvent::SessionsChanged);
         }
     }
 
@@ -484,7 +481,7 @@ impl Hub {
         let state = self.state();
         let mut closed = 0;
         for session in state.sessions.values().filter(|s| &s.user == user) {
-            session.closer.close(reason);
+            session.mailbox.close(reason);
             closed += 1;
         }
         closed
@@ -493,7 +490,7 @@ impl Hub {
     /// Closes every session (shutdown).
     pub fn close_all(&self, reason: CloseReason) {
         for session in self.state().sessions.values() {
-            session.closer.close(reason);
+            session.mailbox.close(reason);
         }
     }
 
@@ -597,8 +594,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_mailbox_is_bounded_keeps_order_and_holds_nothing_once_drained() {
+        let event = |incoming: Incoming| match incoming {
+            Incoming::Event(event) => event,
+            Incoming::Close(reason) => panic!("closed: {reason:?}"),
+        };
         let mailbox = Mailbox::default();
-        assert_eq!(mailbox.queue().capacity(), 0, "an idle session's mailbox holds no memory");
+        assert_eq!(mailbox.inbox().events.capacity(), 0, "an idle session's mailbox holds no memory");
         for _ in 0..EVENT_QUEUE {
             mailbox.push(HubEvent::SessionsChanged).unwrap();
         }
@@ -607,23 +608,51 @@ mod tests {
             "a session that does not read is found out"
         );
         for _ in 0..EVENT_QUEUE {
-            assert!(matches!(mailbox.recv().await, HubEvent::SessionsChanged));
+            assert!(matches!(event(mailbox.recv().await), HubEvent::SessionsChanged));
         }
-        assert_eq!(mailbox.queue().capacity(), 0, "the room a burst took is given back");
+        assert_eq!(mailbox.inbox().events.capacity(), 0, "the room a burst took is given back");
         let typing = |who: &str| HubEvent::Typing {
             from: Name::new(who).unwrap(),
             to: Target::Room(Name::new("general").unwrap()),
         };
         mailbox.push(typing("a")).unwrap();
         mailbox.push(typing("b")).unwrap();
-        let first = mailbox.recv().await;
-        let second = mailbox.recv().await;
+        let first = event(mailbox.recv().await);
+        let second = event(mailbox.recv().await);
         assert!(matches!(first, HubEvent::Typing { from, .. } if from.as_str() == "a"));
         assert!(matches!(second, HubEvent::Typing { from, .. } if from.as_str() == "b"));
         // A receive that is cancelled takes nothing: the event waits for the next one.
         let waiting = tokio::time::timeout(Duration::from_millis(20), mailbox.recv()).await;
         assert!(waiting.is_err());
         mailbox.push(typing("c")).unwrap();
-        assert!(matches!(mailbox.recv().await, HubEvent::Typing { from, .. } if from.as_str() == "c"));
+        assert!(matches!(event(mailbox.recv().await), HubEvent::Typing { from, .. } if from.as_str() == "c"));
+    }
+
+    /// A request to close overtakes waiting events (a full mailbox must not keep its
+    /// session open), the first reason wins, and it stays: every later receive says it.
+    #[tokio::test]
+    async fn a_close_overtakes_waiting_events_and_the_first_reason_wins() {
+        let mailbox = Mailbox::default();
+        for _ in 0..EVENT_QUEUE {
+            mailbox.push(HubEvent::SessionsChanged).unwrap();
+        }
+        let waiting = tokio::spawn({
+            let mailbox = Arc::new(Mailbox::default());
+            let closer = Arc::clone(&mailbox);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                closer.close(CloseReason::Kicked);
+            });
+            async move { mailbox.recv().await }
+        });
+        assert!(
+            matches!(waiting.await.unwrap(), Incoming::Close(CloseReason::Kicked)),
+            "a waiting session is woken"
+        );
+        mailbox.close(CloseReason::TooSlow);
+        mailbox.close(CloseReason::Kicked);
+        for _ in 0..2 {
+            assert!(matches!(mailbox.recv().await, Incoming::Close(CloseReason::TooSlow)));
+        }
     }
 }
