@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -63,17 +63,25 @@ pub struct SessionStats {
 /// waits for both with one waker.
 #[derive(Debug, Default)]
 pub struct Mailbox {
-    inbox: Mutex<Inbox>,
+    events: Mutex<VecDeque<HubEvent>>,
+    /// The request to close: 0 for none, else 1 + the reason's index in
+    /// [`CLOSE_REASONS`]. An atomic, because the session looks at it at every step and
+    /// should not take the lock the hub holds while it fans out.
+    closing: AtomicU8,
     ready: tokio::sync::Notify,
     /// The session's counters, shared with the admin view and `/metrics`.
     pub stats: SessionStats,
 }
 
-#[derive(Debug, Default)]
-struct Inbox {
-    events: VecDeque<HubEvent>,
-    closing: Option<CloseReason>,
-}
+/// Every reason to close, in the order [`Mailbox::closing`] numbers them.
+const CLOSE_REASONS: [CloseReason; 6] = [
+    CloseReason::Kicked,
+    CloseReason::Disabled,
+    CloseReason::Shutdown,
+    CloseReason::Idle,
+    CloseReason::TooSlow,
+    CloseReason::Violation,
+];
 
 /// What a session takes from its [`Mailbox`].
 #[derive(Debug)]
@@ -89,29 +97,32 @@ pub enum Incoming {
 struct MailboxFull;
 
 impl Mailbox {
-    fn inbox(&self) -> MutexGuard<'_, Inbox> {
-        self.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn events(&self) -> MutexGuard<'_, VecDeque<HubEvent>> {
+        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn push(&self, event: HubEvent) -> Result<(), MailboxFull> {
-        let mut inbox = self.inbox();
-        if inbox.events.len() >= EVENT_QUEUE {
+        let mut events = self.events();
+        if events.len() >= EVENT_QUEUE {
             return Err(MailboxFull);
         }
-        inbox.events.push_back(event);
-        drop(inbox);
+        events.push_back(event);
+        drop(events);
         self.ready.notify_one();
         Ok(())
     }
 
     /// Why the session was asked to close, if it was.
     pub fn closing(&self) -> Option<CloseReason> {
-        self.inbox().closing
+        let index = usize::from(self.closing.load(Ordering::Acquire)).checked_sub(1)?;
+        CLOSE_REASONS.get(index).copied()
     }
 
     /// Asks the session to close; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        self.inbox().closing.get_or_insert(reason);
+        let index = CLOSE_REASONS.iter().position(|r| *r == reason).unwrap_or_default();
+        let code = u8::try_from(index + 1).unwrap_or(u8::MAX);
+        let _ = self.closing.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.ready.notify_one();
     }
 
@@ -120,15 +131,15 @@ impl Mailbox {
     pub async fn recv(&self) -> Incoming {
         loop {
             let notified = self.ready.notified();
+            if let Some(reason) = self.closing() {
+                return Incoming::Close(reason);
+            }
             {
-                let mut inbox = self.inbox();
-                if let Some(reason) = inbox.closing {
-                    return Incoming::Close(reason);
-                }
-                if let Some(event) = inbox.events.pop_front() {
-                    if inbox.events.is_empty() {
+                let mut events = self.events();
+                if let Some(event) = events.pop_front() {
+                    if events.is_empty() {
                         // Idle sessions hold no room (see `transport::Lanes`).
-                        inbox.events = VecDeque::new();
+                        *events = VecDeque::new();
                     }
                     return Incoming::Event(event);
                 }
@@ -599,7 +610,7 @@ mod tests {
             Incoming::Close(reason) => panic!("closed: {reason:?}"),
         };
         let mailbox = Mailbox::default();
-        assert_eq!(mailbox.inbox().events.capacity(), 0, "an idle session's mailbox holds no memory");
+        assert_eq!(mailbox.events().capacity(), 0, "an idle session's mailbox holds no memory");
         for _ in 0..EVENT_QUEUE {
             mailbox.push(HubEvent::SessionsChanged).unwrap();
         }
@@ -610,7 +621,7 @@ mod tests {
         for _ in 0..EVENT_QUEUE {
             assert!(matches!(event(mailbox.recv().await), HubEvent::SessionsChanged));
         }
-        assert_eq!(mailbox.inbox().events.capacity(), 0, "the room a burst took is given back");
+        assert_eq!(mailbox.events().capacity(), 0, "the room a burst took is given back");
         let typing = |who: &str| HubEvent::Typing {
             from: Name::new(who).unwrap(),
             to: Target::Room(Name::new("general").unwrap()),
@@ -649,6 +660,12 @@ mod tests {
             matches!(waiting.await.unwrap(), Incoming::Close(CloseReason::Kicked)),
             "a waiting session is woken"
         );
+        for reason in CLOSE_REASONS {
+            let fresh = Mailbox::default();
+            assert_eq!(fresh.closing(), None);
+            fresh.close(reason);
+            assert_eq!(fresh.closing(), Some(reason), "every reason is kept as it was given");
+        }
         mailbox.close(CloseReason::TooSlow);
         mailbox.close(CloseReason::Kicked);
         for _ in 0..2 {
