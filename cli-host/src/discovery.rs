@@ -45,10 +45,16 @@ impl Address {
         Self { ip, interface: 0 }
     }
 
+    /// Whether this is an IPv6 link-local address, reachable only through its
+    /// interface.
+    pub fn needs_interface(&self) -> bool {
+        self.ip.is_ipv6() && is_link_local(&self.ip)
+    }
+
     /// This address and `port`, with the interface for a link-local IPv6 address.
     pub fn with_port(&self, port: u16) -> SocketAddr {
         match self.ip {
-            IpAddr::V6(v6) if is_link_local(&self.ip) => {
+            IpAddr::V6(v6) if self.needs_interface() => {
                 SocketAddr::V6(SocketAddrV6::new(v6, port, 0, self.interface))
             }
             ip => SocketAddr::new(ip, port),
@@ -64,9 +70,10 @@ impl Address {
 impl std::fmt::Display for Address {
     /// The address, with `%` and the interface index for a link-local IPv6 address.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.ip {
-            IpAddr::V6(_) if is_link_local(&self.ip) => write!(f, "{}%{}", self.ip, self.interface),
-            ip => write!(f, "{ip}"),
+        if self.needs_interface() {
+            write!(f, "{}%{}", self.ip, self.interface)
+        } else {
+            write!(f, "{}", self.ip)
         }
     }
 }
@@ -81,7 +88,7 @@ impl Server {
     /// do not take an interface in a URL).
     pub fn web_url(&self) -> Option<String> {
         let (scheme, port) = self.web.as_ref()?;
-        let address = self.addresses.iter().find(|a| !(a.ip.is_ipv6() && is_link_local(&a.ip)))?;
+        let address = self.addresses.iter().find(|a| !a.needs_interface())?;
         Some(format!("{scheme}://{}/", address.with_port(*port)))
     }
 }
@@ -146,7 +153,7 @@ impl Patience {
         if elapsed < self.first_look {
             return until(self.first_look);
         }
-        if heard.unresolved > 0 {
+        if !heard.unresolved.is_empty() {
             return until(self.longest);
         }
         match heard.last_resolved {
@@ -174,8 +181,8 @@ pub fn discover_to_connect(
 /// What a browse has heard so far, as far as deciding when to stop goes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Heard {
-    /// Servers announced (their PTR record arrived) but not resolved yet.
-    unresolved: usize,
+    /// Servers announced (their PTR record arrived) but not resolved yet, by name.
+    unresolved: BTreeSet<String>,
     /// When, since the browse began, the last server was resolved.
     last_resolved: Option<Duration>,
 }
@@ -189,13 +196,12 @@ fn browse(
     let events = daemon.browse(&format!("{SERVICE}.")).map_err(DiscoveryError)?;
     let started = Instant::now();
     let mut found: BTreeMap<String, Server> = BTreeMap::new();
-    let mut unresolved: BTreeSet<String> = BTreeSet::new();
     let mut heard = Heard::default();
     while let Some(period) = listen_for(started.elapsed(), &heard) {
         match events.recv_timeout(period) {
             Ok(ServiceEvent::ServiceFound(_, fullname)) => {
                 if found.get(&fullname).is_none_or(|s| s.addresses.is_empty()) {
-                    unresolved.insert(fullname);
+                    heard.unresolved.insert(fullname);
                 }
             }
             Ok(ServiceEvent::ServiceResolved(service)) => {
@@ -244,7 +250,7 @@ fn browse(
                     }
                 }
                 if usable(&found) {
-                    unresolved.remove(&service.fullname);
+                    heard.unresolved.remove(&service.fullname);
                     if !was_usable {
                         heard.last_resolved = Some(started.elapsed());
                     }
@@ -252,14 +258,13 @@ fn browse(
             }
             Ok(ServiceEvent::ServiceRemoved(_, fullname)) => {
                 found.remove(&fullname);
-                unresolved.remove(&fullname);
+                heard.unresolved.remove(&fullname);
             }
             Ok(_) => {}
             // A period passed with nothing heard: ask `listen_for` again.
             Err(_) if !events.is_disconnected() => {}
             Err(_) => break,
         }
-        heard.unresolved = unresolved.len();
     }
     let _ = daemon.stop_browse(&format!("{SERVICE}."));
     if let Ok(status) = daemon.shutdown() {
@@ -311,9 +316,12 @@ mod tests {
     fn a_search_to_connect_looks_first_then_waits_only_for_what_may_still_answer() {
         let mut asked = 0;
         let nothing = Heard::default();
-        let resolved_early = Heard { unresolved: 0, last_resolved: Some(ms(300)) };
-        let one_unresolved = Heard { unresolved: 1, last_resolved: None };
-        let resolved_late = Heard { unresolved: 0, last_resolved: Some(ms(3100)) };
+        let resolved_early = Heard { unresolved: BTreeSet::new(), last_resolved: Some(ms(300)) };
+        let one_unresolved = Heard {
+            unresolved: BTreeSet::from(["casa._casataa._tcp.local.".to_owned()]),
+            last_resolved: None,
+        };
+        let resolved_late = Heard { unresolved: BTreeSet::new(), last_resolved: Some(ms(3100)) };
 
         // Everyone gets the first look, whatever was heard.
         assert_eq!(listen_for(0, &nothing, true, &mut asked), Some(ms(1500)));
@@ -333,7 +341,12 @@ mod tests {
         assert_eq!(listen_for(3350, &resolved_late, false, &mut asked), None);
         // Never past the longest wait.
         assert_eq!(
-            listen_for(3900, &Heard { unresolved: 0, last_resolved: Some(ms(3800)) }, false, &mut asked),
+            listen_for(
+                3900,
+                &Heard { unresolved: BTreeSet::new(), last_resolved: Some(ms(3800)) },
+                false,
+                &mut asked
+            ),
             Some(ms(100))
         );
         assert_eq!(listen_for(4000, &one_unresolved, false, &mut asked), None);

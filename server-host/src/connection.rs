@@ -624,10 +624,8 @@ impl Live<'_> {
                     self.on_stored(client_id, result)
                 }
                 incoming = self.registration.mailbox.recv() => match incoming {
-                    Incoming::Close(reason) => {
-                        let _ = self.send(&ServerMessage::Closing { reason });
-                        return End::Closed(reason);
-                    }
+                    // Said and ended at the top of the loop, like every close request.
+                    Incoming::Close(_) => Ok(()),
                     Incoming::Event(event) => self.on_hub_event(event),
                 },
                 event = recv_activity(&mut self.activity), if self.activity.is_some() => {
