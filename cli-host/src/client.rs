@@ -1,8 +1,18 @@
 //! A client connection over TCP.
 //!
-//! [`Client::next_event`] only reads (and is cancel-safe, so it can sit in a
-//! `select!` beside standard input); everything the session wants to send — the login,
+//! [`Client::next_event`] reads (and is cancel-safe, so it can sit in a `select!`
+//! beside standard input); everything the session wants to send — the login,
 //! acknowledgements, pongs, queued chat messages — goes out in [`Client::flush`].
+//!
+//! Deliveries are acknowledged in batches: one cumulative `Ack` per [`ACK_BATCH`]
+//! deliveries, or [`ACK_DELAY`] after the first one it covers, or with the next frame
+//! that leaves anyway. A client reading a busy room then sends a few frames a second
+//! instead of one per message, and the server reads that few. The server keeps the
+//! cursor in memory and writes it every quarter second anyway, so this costs nothing
+//! but, after a connection that breaks, redelivering up to [`ACK_DELAY`] of messages
+//! (dropped by sequence number). [`Client::next_event`] sends the held acknowledgement
+//! when its delay is up, so a client waiting for events needs no timer of its own, and
+//! [`Client::close`] sends it before closing.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -24,6 +34,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Unacknowledged messages one client keeps.
 pub const OUTBOX: usize = casataa_proto::limits::OUTBOX_DEFAULT;
+
+pub use casataa_proto::limits::ACK_BATCH;
+
+/// The longest a delivery waits for its acknowledgement.
+pub const ACK_DELAY: Duration = Duration::from_millis(casataa_proto::limits::ACK_DELAY_MS as u64);
 
 /// How the user proves who they are.
 #[derive(Clone)]
@@ -147,6 +162,11 @@ pub struct Client {
     chunks: VecDeque<(FileId, u64, Vec<u8>)>,
     /// The frames of one write, length prefixes included.
     wire: Vec<u8>,
+    /// How much of `wire` the socket took: a write that was cancelled is finished
+    /// before anything else is written, so the stream never loses part of a frame.
+    wire_sent: usize,
+    /// When the held acknowledgement must go out.
+    ack_due: Option<tokio::time::Instant>,
     /// Opens received frames from the welcome on, several buffered ones at a time.
     opener: Option<FrameOpener>,
     /// Frames opened and not yet handled, in order.
@@ -198,6 +218,7 @@ impl Client {
             session.resume(server_id, delivered);
         }
         session.set_acknowledging(options.acknowledge);
+        session.batch_acks(ACK_BATCH);
         let mut client = Self {
             session,
             read,
@@ -208,6 +229,8 @@ impl Client {
             early: VecDeque::new(),
             chunks: VecDeque::new(),
             wire: Vec::new(),
+            wire_sent: 0,
+            ack_due: None,
             opener: None,
             opened: VecDeque::new(),
             open_failed: None,
@@ -265,7 +288,7 @@ impl Client {
     }
 
     async fn write_frame(&mut self, len: usize) -> Result<(), ClientError> {
-        self.wire.clear();
+        self.write_wire().await?;
         self.gather(len)?;
         self.write_wire().await
     }
@@ -278,9 +301,32 @@ impl Client {
         Ok(())
     }
 
+    /// Writes what `wire` holds. Cancel-safe: what the socket has not taken stays, and
+    /// goes first in the next write.
     async fn write_wire(&mut self) -> Result<(), ClientError> {
-        self.write.write_all(&self.wire).await?;
+        while let Some(rest) = self.wire.get(self.wire_sent..).filter(|rest| !rest.is_empty()) {
+            let n = self.write.write(rest).await?;
+            if n == 0 {
+                return Err(ClientError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.wire_sent += n;
+        }
         self.wire.clear();
+        self.wire_sent = 0;
+        Ok(())
+    }
+
+    /// Appends to the next write every frame of the control lane the session has ready.
+    fn gather_control(&mut self) -> Result<(), ClientError> {
+        if self.ack_due.is_some_and(|due| due <= tokio::time::Instant::now()) {
+            self.session.acknowledge_now();
+        }
+        while let Some(n) = self.session.poll_transmit(&mut self.out)? {
+            self.gather(n)?;
+        }
+        if !self.session.holds_ack() {
+            self.ack_due = None;
+        }
         Ok(())
     }
 
@@ -359,10 +405,9 @@ impl Client {
     /// behind a transfer. Each round leaves in one write.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         loop {
-            self.wire.clear();
-            while let Some(n) = self.session.poll_transmit(&mut self.out)? {
-                self.gather(n)?;
-            }
+            // First what a cancelled write left, then a round.
+            self.write_wire().await?;
+            self.gather_control()?;
             let count = self.chunks.len().min(LANES);
             if count > 0 {
                 let taken: Vec<(FileId, u64, Vec<u8>)> = self.chunks.drain(..count).collect();
@@ -371,7 +416,6 @@ impl Client {
             if self.wire.is_empty() {
                 return Ok(());
             }
-            self.write_wire().await?;
         }
     }
 
@@ -446,8 +490,25 @@ impl Client {
             return Ok(event);
         }
         loop {
-            let frame = self.next_opened().await?;
-            let (file, offset, range) = match self.session.handle_opened(&frame)? {
+            let frame = match self.ack_due {
+                None => self.next_opened().await?,
+                Some(due) => tokio::select! {
+                    biased;
+                    frame = self.next_opened() => frame?,
+                    () = tokio::time::sleep_until(due) => {
+                        self.session.acknowledge_now();
+                        self.write_wire().await?;
+                        self.gather_control()?;
+                        self.write_wire().await?;
+                        continue;
+                    }
+                },
+            };
+            let event = self.session.handle_opened(&frame)?;
+            if self.ack_due.is_none() && self.session.holds_ack() {
+                self.ack_due = Some(tokio::time::Instant::now() + ACK_DELAY);
+            }
+            let (file, offset, range) = match event {
                 Some(ClientEvent::Received(message)) => match message.into_owned() {
                     Ok(message) => return Ok(Event::Message(message)),
                     Err(chunk) => {
@@ -508,8 +569,9 @@ impl Client {
         result
     }
 
-    /// Closes the connection after flushing.
+    /// Closes the connection after flushing, the held acknowledgement included.
     pub async fn close(mut self) -> Result<(), ClientError> {
+        self.session.acknowledge_now();
         self.flush().await?;
         self.write.shutdown().await?;
         Ok(())

@@ -70,3 +70,12 @@ pub const KDF_MAX_ITERATIONS: u32 = 10_000_000;
 /// Messages a client session keeps for resending until the server has stored them,
 /// unless the caller picks another capacity.
 pub const OUTBOX_DEFAULT: usize = 32;
+
+/// Deliveries one acknowledgement covers at most in clients that batch them
+/// (`ClientSession::batch_acks`): the host tools and the browser.
+pub const ACK_BATCH: u16 = 64;
+
+/// The longest such a client holds an acknowledgement back, in milliseconds. The
+/// server writes cursors every 250 ms, so a shorter hold loses nothing; a broken
+/// connection redelivers at most this much, which the watermark drops.
+pub const ACK_DELAY_MS: u32 = 50;

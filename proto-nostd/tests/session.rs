@@ -487,6 +487,98 @@ fn after_a_reconnect_only_deliveries_beyond_the_servers_cursor_are_acknowledged(
     }
 }
 
+/// The acknowledgements the server has read since `from`.
+fn acks_since(link: &Link, from: usize) -> Vec<&str> {
+    link.events.iter().skip(from).map(String::as_str).filter(|e| e.starts_with("ack")).collect()
+}
+
+fn delivery(seq: Seq) -> ServerMessage<'static> {
+    ServerMessage::Deliver(ChatMessage {
+        seq,
+        at: 1000 + seq,
+        from: name("bob"),
+        to: general(),
+        client_id: seq,
+        content: Content::Text("hi".try_into().unwrap()),
+    })
+}
+
+#[test]
+fn batched_acknowledgements_wait_for_the_batch_a_request_or_another_frame() {
+    let mut store = Store::default();
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.client.batch_acks(3);
+    link.connect();
+    link.pump(&mut store).unwrap();
+
+    // Two deliveries: the acknowledgement is held.
+    link.server_send(&delivery(1));
+    link.server_send(&delivery(2));
+    link.pump(&mut store).unwrap();
+    assert_eq!(link.delivered, [1, 2]);
+    assert_eq!(acks_since(&link, 0), Vec::<&str>::new());
+    assert!(link.client.holds_ack());
+
+    // The third completes the batch: one acknowledgement for all three.
+    link.server_send(&delivery(3));
+    link.pump(&mut store).unwrap();
+    assert_eq!(acks_since(&link, 0), ["ack 3"]);
+    assert!(!link.client.holds_ack());
+
+    // Held again, until the caller asks (its timer).
+    link.server_send(&delivery(4));
+    link.pump(&mut store).unwrap();
+    let seen = link.events.len();
+    assert!(link.client.holds_ack());
+    link.client.acknowledge_now();
+    link.client_transmit();
+    link.pump(&mut store).unwrap();
+    assert_eq!(acks_since(&link, seen), ["ack 4"]);
+
+    // A held acknowledgement leaves with a pong, ahead of it...
+    link.server_send(&delivery(5));
+    link.server_send(&ServerMessage::Ping { nonce: 9 });
+    link.pump(&mut store).unwrap();
+    let tail: Vec<&str> = link.events.iter().rev().take(2).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["ack 5", "pong 9"]);
+
+    // ... and with a chat message.
+    link.server_send(&delivery(6));
+    link.pump(&mut store).unwrap();
+    let seen = link.events.len();
+    link.client.queue_message(general(), "x".try_into().unwrap()).unwrap();
+    link.client_transmit();
+    link.pump(&mut store).unwrap();
+    assert_eq!(acks_since(&link, seen), ["ack 6"]);
+    assert_eq!(store.log.len(), 1, "the chat message went out too");
+
+    // Nothing owed, nothing sent: asking does not make an empty acknowledgement.
+    link.client.acknowledge_now();
+    link.client_transmit();
+    link.pump(&mut store).unwrap();
+    assert_eq!(acks_since(&link, seen), ["ack 6"]);
+}
+
+#[test]
+fn an_acknowledgement_lost_with_the_last_connection_is_sent_right_after_the_welcome_even_when_batched() {
+    let mut store = Store::default();
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.client.batch_acks(64);
+    link.connect();
+    link.pump(&mut store).unwrap();
+    link.server_send(&delivery(1));
+    link.pump(&mut store).unwrap();
+    assert!(link.client.holds_ack());
+    // The connection drops with the acknowledgement still held.
+    let mut client = std::mem::replace(&mut link.client, alice(9));
+    client.reconnect([3; 32]);
+    let mut link = Link::new(client, alice_key(), known, 4);
+    link.connect();
+    link.pump(&mut store).unwrap();
+    assert!(link.client.is_established());
+    assert_eq!(acks_since(&link, 0), ["ack 1"]);
+}
+
 #[test]
 fn the_key_derived_in_slices_equals_pbkdf2() {
     use casataa_proto::handshake::KeyDerivation;

@@ -278,10 +278,21 @@ async fn two_browser_users_chat_and_a_wrong_passphrase_is_refused() {
     .await;
 }
 
+/// The newest message's sequence number, and the highest cursor of `user`'s devices.
+fn newest_and_cursor(database: &std::path::Path, user: &str) -> (i64, Option<i64>) {
+    let conn = rusqlite::Connection::open(database).expect("the server's database");
+    let newest = conn.query_row("SELECT MAX(seq) FROM messages", [], |row| row.get(0)).expect("messages");
+    let cursor = conn
+        .query_row("SELECT MAX(seq) FROM cursors WHERE user = ?1", [user], |row| row.get(0))
+        .expect("cursors");
+    (newest, cursor)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_message_to_an_offline_user_appears_after_they_log_in() {
     let server = server();
     let url = format!("http://{}/", server.http);
+    let database = server.data.join("casataa.sqlite3");
     with_browsers("offline", 2, |browsers| async move {
         let [alice, bob] = &browsers[..] else { unreachable!() };
         log_in(alice, &url, "alice", ALICE).await?;
@@ -296,6 +307,19 @@ async fn a_direct_message_to_an_offline_user_appears_after_they_log_in() {
         wait_for_line(bob, "are you there, bob?").await?;
         if bob.find(Locator::Css("#directs li.conv[data-key='@alice'] .unread")).await.is_ok() {
             return Err("the unread mark stayed after opening the conversation".into());
+        }
+        // One acknowledgement covers up to 64 deliveries, so this one was held: the
+        // page's timer sent it, and the server keeps bob's cursor at the message.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (newest, cursor) = newest_and_cursor(&database, "bob");
+            if cursor == Some(newest) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("bob's cursor stayed at {cursor:?}; the newest message is {newest}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
     })

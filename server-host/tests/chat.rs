@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use casataa_cli::client::{Client, ClientError, Event};
+use casataa_cli::client::{ACK_DELAY, Client, ClientError, Event};
 use casataa_proto::handshake::Refusal;
 use casataa_proto::message::{
     AdminRequest, AdminResult, ChatMessage, ClientMessage, CloseReason, Content, ErrorCode, ServerMessage,
@@ -92,6 +92,29 @@ async fn a_direct_message_waits_for_an_offline_recipient_and_is_shown_once() {
     let next = alice.send_text(Target::User(name("bob")), "second".try_into().unwrap()).await.unwrap();
     let m = next_delivery(&mut bob).await;
     assert_eq!((m.seq, text(&m)), (next, "second"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_acknowledgement_goes_out_after_its_delay_while_the_client_only_waits() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let seq = alice.send_text(Target::User(name("bob")), "one".try_into().unwrap()).await.unwrap();
+    // One delivery of a batch of ACK_BATCH: its acknowledgement is held.
+    let m = next_delivery(&mut bob).await;
+    assert_eq!(m.seq, seq);
+    // Bob only waits for events (none that matter come): his client sends the held
+    // acknowledgement once ACK_DELAY is up.
+    let until = tokio::time::Instant::now() + ACK_DELAY * 6;
+    while let Ok(event) = tokio::time::timeout_at(until, bob.next_event()).await {
+        let event = event.unwrap();
+        assert!(!matches!(event, Event::Message(ServerMessage::Deliver(_))), "{event:?}");
+    }
+    // Cut off without a goodbye: only what reached the server counts.
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bob = server.connect("bob", "pb").await.unwrap();
+    assert_eq!(bob.welcome().cursor, seq, "the acknowledgement reached the server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use std::rc::{Rc, Weak};
 
 use casataa_proto::ClientSession;
 use casataa_proto::handshake::{KeyDerivation, Refusal, UserKey};
-use casataa_proto::limits::FRAME_MAX;
+use casataa_proto::limits::{ACK_BATCH, ACK_DELAY_MS, FRAME_MAX};
 use casataa_proto::message::{ClientMessage, CloseReason, ServerMessage};
 use casataa_proto::session::{ClientConfig, ClientEvent};
 use casataa_proto::types::{Body, ClientKind, ClientMsgId, DeviceId, FileId, Name, Target};
@@ -114,6 +114,8 @@ struct Inner {
     /// Which socket is current; events of older ones are ignored.
     generation: u32,
     stopped: bool,
+    /// A timer will send the held acknowledgement (`ClientSession::batch_acks`).
+    ack_timer: bool,
 }
 
 /// A connection that logs in, stays logged in and reconnects on its own.
@@ -168,7 +170,10 @@ impl Link {
         // Ids unique across page loads of this device: the server keeps one message
         // per (sender, id).
         let first_id = now_millis().saturating_mul(1000);
-        let session = ClientSession::new(config, random_bytes(), first_id);
+        let mut session = ClientSession::new(config, random_bytes(), first_id);
+        // One acknowledgement per ACK_BATCH deliveries or ACK_DELAY_MS: a page open on a
+        // busy room costs the server a few frames a second, not one per message.
+        session.batch_acks(ACK_BATCH);
         let link = Self(Rc::new(RefCell::new(Inner {
             session,
             url,
@@ -181,6 +186,7 @@ impl Link {
             attempt: 0,
             generation: 0,
             stopped: false,
+            ack_timer: false,
         })));
         link.open_socket();
         link
@@ -330,7 +336,27 @@ impl Link {
                 Err(_) => inner.close_socket(),
             }
             inner.flush();
+            if inner.session.holds_ack() && !inner.ack_timer {
+                inner.ack_timer = true;
+                link.acknowledge_later();
+            }
             events
+        });
+    }
+
+    /// Sends the held acknowledgement once its delay is up, on whichever socket is
+    /// current then (the session does not send it before a welcome).
+    fn acknowledge_later(&self) {
+        let weak = self.weak();
+        schedule(ACK_DELAY_MS, move || {
+            if let Some(link) = Self::upgrade(&weak) {
+                link.with(|inner, _| {
+                    inner.ack_timer = false;
+                    inner.session.acknowledge_now();
+                    inner.flush();
+                    Vec::new()
+                });
+            }
         });
     }
 
@@ -440,6 +466,8 @@ impl Link {
     pub fn close(&self) {
         let mut inner = self.0.borrow_mut();
         inner.stopped = true;
+        inner.session.acknowledge_now();
+        inner.flush();
         inner.close_socket();
     }
 }

@@ -84,6 +84,13 @@ pub struct ClientSession<const OUTBOX: usize = OUTBOX_DEFAULT> {
     login_pending: bool,
     pong_pending: Option<u64>,
     acknowledging: bool,
+    /// Deliveries that may wait for one cumulative acknowledgement (1: each is
+    /// acknowledged at once).
+    ack_batch: u16,
+    /// Deliveries since the last acknowledgement.
+    unacked_deliveries: u16,
+    /// The caller asked for the held acknowledgement.
+    ack_requested: bool,
 }
 
 impl<const OUTBOX: usize> ClientSession<OUTBOX> {
@@ -107,6 +114,9 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             login_pending: false,
             pong_pending: None,
             acknowledging: true,
+            ack_batch: 1,
+            unacked_deliveries: 0,
+            ack_requested: false,
         }
     }
 
@@ -138,6 +148,8 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
         self.opener = None;
         self.server_max_frame = FRAME_MIN;
         self.acked = 0;
+        self.unacked_deliveries = 0;
+        self.ack_requested = false;
         self.login_pending = false;
         self.pong_pending = None;
         self.outbox.mark_all_unsent();
@@ -252,8 +264,12 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             }
             self.server_id = Some(welcome.server_id);
             self.delivered = self.delivered.max(welcome.cursor);
-            // The server already holds this device's cursor: acknowledge only beyond it.
+            // The server already holds this device's cursor: acknowledge only beyond it,
+            // and at once (deliveries whose acknowledgement was lost with the last
+            // connection).
             self.acked = welcome.cursor;
+            self.unacked_deliveries = 0;
+            self.ack_requested = self.owes_ack();
             self.state = State::Established;
             return Ok(Some(ClientEvent::Received(message)));
         }
@@ -266,6 +282,7 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
                     return Ok(None);
                 }
                 self.delivered = chat.seq;
+                self.unacked_deliveries = self.unacked_deliveries.saturating_add(1);
             }
             ServerMessage::Ping { nonce } => {
                 self.pong_pending = Some(*nonce);
@@ -278,10 +295,15 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
     }
 
     /// Writes the next frame the session wants to send into `out`, if any: the login,
-    /// a pong, a delivery acknowledgement, or a queued chat message. Call it until it
-    /// returns `None` after every batch of received frames and every queued message.
+    /// a delivery acknowledgement (unless [`Self::batch_acks`] holds it), a pong, or a
+    /// queued chat message. Call it until it returns `None` after every batch of
+    /// received frames and every queued message.
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, SessionError> {
         let max = self.server_max_frame;
+        // A held acknowledgement also leaves with any frame that goes out anyway.
+        let other_frame_leaves = self.pong_pending.is_some() || self.outbox.next_unsent().is_some();
+        let ack_due = self.owes_ack()
+            && (self.ack_requested || self.unacked_deliveries >= self.ack_batch || other_frame_leaves);
         let Some(sealer) = self.sealer.as_mut() else {
             return Ok(None);
         };
@@ -294,14 +316,16 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
         if self.state != State::Established {
             return Ok(None);
         }
-        if let Some(nonce) = self.pong_pending.take() {
-            return seal_message(sealer, &ClientMessage::Pong { nonce }, out, max).map(Some);
-        }
-        if self.acknowledging && self.delivered > self.acked {
+        if ack_due {
             let up_to = self.delivered;
             let len = seal_message(sealer, &ClientMessage::Ack { up_to }, out, max)?;
             self.acked = up_to;
+            self.unacked_deliveries = 0;
+            self.ack_requested = false;
             return Ok(Some(len));
+        }
+        if let Some(nonce) = self.pong_pending.take() {
+            return seal_message(sealer, &ClientMessage::Pong { nonce }, out, max).map(Some);
         }
         let Some(message) = self.outbox.next_unsent() else {
             return Ok(None);
@@ -396,6 +420,33 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
     /// keeps them for the device's next reader.
     pub fn set_acknowledging(&mut self, acknowledging: bool) {
         self.acknowledging = acknowledging;
+    }
+
+    /// Lets up to `deliveries` deliveries share one cumulative acknowledgement: it is
+    /// held until that many have arrived, until [`Self::acknowledge_now`], or until
+    /// another frame leaves anyway (a pong, a chat message). The default, 1,
+    /// acknowledges every delivery at once. A client receiving a busy room sends
+    /// far fewer frames this way, and so does the server reading them; the caller
+    /// bounds how long an acknowledgement is held ([`Self::holds_ack`]), since the server
+    /// redelivers what was not acknowledged when the device reconnects.
+    pub fn batch_acks(&mut self, deliveries: u16) {
+        self.ack_batch = deliveries.max(1);
+    }
+
+    /// Whether deliveries wait for an acknowledgement that [`Self::poll_transmit`] has
+    /// not written: with [`Self::batch_acks`], the caller calls
+    /// [`Self::acknowledge_now`] once it has held it long enough.
+    pub fn holds_ack(&self) -> bool {
+        self.owes_ack()
+    }
+
+    /// Sends the held acknowledgement, if any, with the next [`Self::poll_transmit`].
+    pub fn acknowledge_now(&mut self) {
+        self.ack_requested = self.owes_ack();
+    }
+
+    fn owes_ack(&self) -> bool {
+        self.acknowledging && self.delivered > self.acked
     }
 
     /// The server this session last talked to.
