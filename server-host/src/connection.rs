@@ -48,6 +48,14 @@ use casataa_proto::ccm_mode::LANES;
 const LOW_WATER: usize = 64 * 1024;
 /// Messages read from the store per pull.
 const PULL_BATCH: usize = 128;
+
+/// The rooms of a session's user as of a membership version of the hub
+/// ([`crate::hub::Hub::membership_version`]): kept while messages are delivered, so a
+/// delivery does not take the hub's lock, and let go at the session's tick.
+struct RoomsSeen {
+    version: u64,
+    rooms: std::collections::HashSet<Name>,
+}
 /// Most messages in one history page.
 const HISTORY_MAX: u16 = 200;
 /// Activity entries an admin gets when starting to watch.
@@ -393,6 +401,8 @@ struct Live<'c> {
     violations: u32,
     activity: Option<broadcast::Receiver<ActivityEvent>>,
     backlog: bool,
+    /// The user's rooms while messages are being delivered (see [`RoomsSeen`]).
+    rooms: Option<Box<RoomsSeen>>,
     uploads: HashMap<FileId, Upload>,
     /// Uploads that failed on this connection: their chunks still in flight are
     /// dropped quietly (the sender already has the error).
@@ -485,6 +495,7 @@ impl<'c> Live<'c> {
             violations: 0,
             activity: None,
             backlog: true,
+            rooms: None,
             uploads: HashMap::new(),
             failed_uploads: std::collections::HashSet::new(),
             downloads: VecDeque::new(),
@@ -645,6 +656,8 @@ impl Live<'_> {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     pending.release_if_empty();
+                    // Asked for again at the next delivery: an idle session holds none.
+                    self.rooms = None;
                     if let Err(e) = Box::pin(self.persist_cursor()).await {
                         return End::Store(e);
                     }
@@ -689,10 +702,16 @@ impl Live<'_> {
     /// recent messages in memory when they reach back far enough, else from SQLite.
     async fn deliver_more(&mut self) -> Result<(), End> {
         while self.queue.has_room() {
-            let rooms = self.ctx.hub.rooms_of(&self.user);
+            let version = self.ctx.hub.membership_version();
+            let rooms = match self.rooms.take() {
+                Some(seen) if seen.version == version => seen,
+                // The version is read first: a change made meanwhile shows next time.
+                _ => Box::new(RoomsSeen { version, rooms: self.ctx.hub.rooms_of(&self.user) }),
+            };
+            let rooms = &*self.rooms.insert(rooms);
             let user = &self.user;
             let recent = self.ctx.hub.store().recent_after(self.sent_up_to, PULL_BATCH, |m| match &m.to {
-                Target::Room(room) => rooms.contains(room),
+                Target::Room(room) => rooms.rooms.contains(room),
                 Target::User(peer) => peer == user || &m.from == user,
             });
             // Encoded from where the messages are kept: no copy of each message.
@@ -723,7 +742,13 @@ impl Live<'_> {
                 self.sent_up_to = message.seq;
                 delivered += 1;
             }
-            self.registration.mailbox.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
+            self.registration.mailbox.stats.deliveries.fetch_add(delivered as u64, Ordering::Relaxed);
+            // A short batch, all of it queued: caught up, without asking again. A
+            // message committed since then changes `latest_seq` again.
+            if delivered == batch.len() && delivered < PULL_BATCH {
+                self.backlog = false;
+                return Ok(());
+            }
         }
         self.backlog = true;
         Ok(())

@@ -196,6 +196,9 @@ pub struct Hub {
     throttle: Mutex<Throttle>,
     activity: broadcast::Sender<ActivityEvent>,
     next_session: AtomicU64,
+    /// Counts membership changes, so a session can keep its user's rooms until they
+    /// change instead of asking for them at every delivery.
+    membership_changes: AtomicU64,
     totals: Totals,
 }
 
@@ -240,6 +243,7 @@ impl Hub {
             throttle: Mutex::new(Throttle::default()),
             activity,
             next_session: AtomicU64::new(1),
+            membership_changes: AtomicU64::new(0),
             totals: Totals::default(),
         }))
     }
@@ -416,6 +420,13 @@ impl Hub {
         } else {
             members.remove(user);
         }
+        self.membership_changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many membership changes there have been: read it before [`Self::rooms_of`],
+    /// and the rooms are current as long as it stays the same.
+    pub fn membership_version(&self) -> u64 {
+        self.membership_changes.load(Ordering::Acquire)
     }
 
     /// Every room with its member count, and whether `user` is in it.
