@@ -313,6 +313,41 @@ async fn a_client_that_stops_reading_is_cut_off_while_others_keep_chatting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_and_leaving_a_room_start_and_stop_its_live_messages_at_once() {
+    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let project = name("project-y");
+    alice.request(&ClientMessage::CreateRoom { room: project.clone() }).await.unwrap();
+    alice
+        .wait_for(|e| matches!(e, Event::Message(ServerMessage::RoomJoined { .. })).then_some(()))
+        .await
+        .unwrap();
+    // Bob's session is delivering (it knows his rooms: general only).
+    let hello = alice.send_text(general(), "hello".try_into().unwrap()).await.unwrap();
+    assert_eq!(next_delivery(&mut bob).await.seq, hello);
+
+    // Joined: the room's next message reaches him live, right away.
+    bob.request(&ClientMessage::JoinRoom { room: project.clone() }).await.unwrap();
+    bob.wait_for(|e| matches!(e, Event::Message(ServerMessage::RoomJoined { .. })).then_some(()))
+        .await
+        .unwrap();
+    let inside = alice.send_text(Target::Room(project.clone()), "welcome".try_into().unwrap()).await.unwrap();
+    let m = next_delivery(&mut bob).await;
+    assert_eq!((m.seq, text(&m)), (inside, "welcome"));
+
+    // Left: the room's next message does not, the general room's does.
+    bob.request(&ClientMessage::LeaveRoom { room: project.clone() }).await.unwrap();
+    bob.wait_for(|e| matches!(e, Event::Message(ServerMessage::RoomLeft { .. })).then_some(()))
+        .await
+        .unwrap();
+    alice.send_text(Target::Room(project.clone()), "gone?".try_into().unwrap()).await.unwrap();
+    let after = alice.send_text(general(), "still here".try_into().unwrap()).await.unwrap();
+    let m = next_delivery(&mut bob).await;
+    assert_eq!((m.seq, text(&m)), (after, "still here"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_history_typing_and_presence() {
     let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
     let mut alice = server.connect("alice", "pa").await.unwrap();
