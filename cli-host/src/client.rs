@@ -495,8 +495,8 @@ impl Client {
                 Some(due) => tokio::select! {
                     biased;
                     frame = self.next_opened() => frame?,
+                    // Due now: `gather_control` lets the held acknowledgement go.
                     () = tokio::time::sleep_until(due) => {
-                        self.session.acknowledge_now();
                         self.write_wire().await?;
                         self.gather_control()?;
                         self.write_wire().await?;

@@ -48,14 +48,6 @@ use casataa_proto::ccm_mode::LANES;
 const LOW_WATER: usize = 64 * 1024;
 /// Messages read from the store per pull.
 const PULL_BATCH: usize = 128;
-
-/// The rooms of a session's user as of a membership version of the hub
-/// ([`crate::hub::Hub::membership_version`]): kept while messages are delivered, so a
-/// delivery does not take the hub's lock, and let go at the session's tick.
-struct RoomsSeen {
-    version: u64,
-    rooms: std::collections::HashSet<Name>,
-}
 /// Most messages in one history page.
 const HISTORY_MAX: u16 = 200;
 /// Activity entries an admin gets when starting to watch.
@@ -74,6 +66,14 @@ thread_local! {
     /// Where frames are encoded before they are copied into the outbound queue.
     static SCRATCH: std::cell::RefCell<Vec<u8>> =
         std::cell::RefCell::new(vec![0u8; casataa_proto::limits::FRAME_MAX]);
+}
+
+/// The rooms of a session's user as of a membership version of the hub
+/// ([`crate::hub::Hub::membership_version`]): kept while messages are delivered, so a
+/// delivery does not take the hub's lock, and let go at the session's tick.
+struct RoomsSeen {
+    version: u64,
+    rooms: std::collections::HashSet<Name>,
 }
 
 /// Everything a connection needs from the server.
