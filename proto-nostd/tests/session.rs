@@ -503,13 +503,19 @@ fn delivery(seq: Seq) -> ServerMessage<'static> {
     })
 }
 
+/// Alice logged in, her acknowledgements held for up to `batch` deliveries.
+fn logged_in_with_batched_acks(store: &mut Store, batch: u16) -> Link {
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.client.batch_acks(batch);
+    link.connect();
+    link.pump(store).unwrap();
+    link
+}
+
 #[test]
 fn batched_acknowledgements_wait_for_the_batch_a_request_or_another_frame() {
     let mut store = Store::default();
-    let mut link = Link::new(alice(1), alice_key(), known, 2);
-    link.client.batch_acks(3);
-    link.connect();
-    link.pump(&mut store).unwrap();
+    let mut link = logged_in_with_batched_acks(&mut store, 3);
 
     // Two deliveries: the acknowledgement is held.
     link.server_send(&delivery(1));
@@ -562,10 +568,7 @@ fn batched_acknowledgements_wait_for_the_batch_a_request_or_another_frame() {
 #[test]
 fn an_acknowledgement_lost_with_the_last_connection_is_sent_right_after_the_welcome_even_when_batched() {
     let mut store = Store::default();
-    let mut link = Link::new(alice(1), alice_key(), known, 2);
-    link.client.batch_acks(64);
-    link.connect();
-    link.pump(&mut store).unwrap();
+    let mut link = logged_in_with_batched_acks(&mut store, 64);
     link.server_send(&delivery(1));
     link.pump(&mut store).unwrap();
     assert!(link.client.holds_ack());

@@ -312,6 +312,18 @@ async fn a_client_that_stops_reading_is_cut_off_while_others_keep_chatting() {
     assert!(first.seq <= last);
 }
 
+/// The room the next `RoomJoined` names; an error report instead fails the test.
+async fn room_joined(client: &mut Client) -> casataa_proto::types::Name {
+    client
+        .wait_for(|e| match e {
+            Event::Message(ServerMessage::RoomJoined { room }) => Some(room.clone()),
+            Event::Message(ServerMessage::Error(e)) => panic!("{e:?}"),
+            _ => None,
+        })
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_and_leaving_a_room_start_and_stop_its_live_messages_at_once() {
     let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
@@ -319,19 +331,14 @@ async fn joining_and_leaving_a_room_start_and_stop_its_live_messages_at_once() {
     let mut bob = server.connect("bob", "pb").await.unwrap();
     let project = name("project-y");
     alice.request(&ClientMessage::CreateRoom { room: project.clone() }).await.unwrap();
-    alice
-        .wait_for(|e| matches!(e, Event::Message(ServerMessage::RoomJoined { .. })).then_some(()))
-        .await
-        .unwrap();
+    assert_eq!(room_joined(&mut alice).await, project);
     // Bob's session is delivering (it knows his rooms: general only).
     let hello = alice.send_text(general(), "hello".try_into().unwrap()).await.unwrap();
     assert_eq!(next_delivery(&mut bob).await.seq, hello);
 
     // Joined: the room's next message reaches him live, right away.
     bob.request(&ClientMessage::JoinRoom { room: project.clone() }).await.unwrap();
-    bob.wait_for(|e| matches!(e, Event::Message(ServerMessage::RoomJoined { .. })).then_some(()))
-        .await
-        .unwrap();
+    assert_eq!(room_joined(&mut bob).await, project);
     let inside = alice.send_text(Target::Room(project.clone()), "welcome".try_into().unwrap()).await.unwrap();
     let m = next_delivery(&mut bob).await;
     assert_eq!((m.seq, text(&m)), (inside, "welcome"));
@@ -355,15 +362,7 @@ async fn rooms_history_typing_and_presence() {
     let project = name("project-x");
 
     alice.request(&ClientMessage::CreateRoom { room: project.clone() }).await.unwrap();
-    let joined = alice
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::RoomJoined { room }) => Some(room.clone()),
-            Event::Message(ServerMessage::Error(e)) => panic!("{e:?}"),
-            _ => None,
-        })
-        .await
-        .unwrap();
-    assert_eq!(joined, project);
+    assert_eq!(room_joined(&mut alice).await, project);
     // Bob is not a member yet: posting there is refused.
     let refused = bob.send_text(Target::Room(project.clone()), "let me in".try_into().unwrap()).await;
     assert!(matches!(refused, Err(ClientError::Rejected(ErrorCode::Forbidden, _))), "{refused:?}");

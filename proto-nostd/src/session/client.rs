@@ -268,8 +268,7 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             // and at once (deliveries whose acknowledgement was lost with the last
             // connection).
             self.acked = welcome.cursor;
-            self.unacked_deliveries = 0;
-            self.ack_requested = self.owes_ack();
+            self.ack_requested = self.holds_ack();
             self.state = State::Established;
             return Ok(Some(ClientEvent::Received(message)));
         }
@@ -301,9 +300,11 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, SessionError> {
         let max = self.server_max_frame;
         // A held acknowledgement also leaves with any frame that goes out anyway.
-        let other_frame_leaves = self.pong_pending.is_some() || self.outbox.next_unsent().is_some();
-        let ack_due = self.owes_ack()
-            && (self.ack_requested || self.unacked_deliveries >= self.ack_batch || other_frame_leaves);
+        let ack_due = self.holds_ack()
+            && (self.ack_requested
+                || self.unacked_deliveries >= self.ack_batch
+                || self.pong_pending.is_some()
+                || self.outbox.next_unsent().is_some());
         let Some(sealer) = self.sealer.as_mut() else {
             return Ok(None);
         };
@@ -437,16 +438,12 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
     /// not written: with [`Self::batch_acks`], the caller calls
     /// [`Self::acknowledge_now`] once it has held it long enough.
     pub fn holds_ack(&self) -> bool {
-        self.owes_ack()
+        self.acknowledging && self.delivered > self.acked
     }
 
     /// Sends the held acknowledgement, if any, with the next [`Self::poll_transmit`].
     pub fn acknowledge_now(&mut self) {
-        self.ack_requested = self.owes_ack();
-    }
-
-    fn owes_ack(&self) -> bool {
-        self.acknowledging && self.delivered > self.acked
+        self.ack_requested = self.holds_ack();
     }
 
     /// The server this session last talked to.
