@@ -100,10 +100,31 @@ impl std::fmt::Debug for Upload {
 /// session opens the next batch, little enough to bound memory.
 const STORE_QUEUE: usize = 16;
 
-/// Bytes written to a partial file between two syncs: keeps the page cache of a big
-/// upload from piling up, so the next SQLite commit (an fsync) does not wait for all
-/// of it, and chat with it.
+/// Bytes written to a partial file between two syncs: bounds what a crash of the
+/// machine can take from an upload, and the page cache it holds.
 const SYNC_EVERY: u64 = 16 << 20;
+
+/// Bytes written to a partial file before the kernel is asked to start writing them
+/// to disk. On ext4 (ordered data) a journal commit waits for the new data of every
+/// file, and a SQLite commit may need one: left to the periodic sync, up to two
+/// [`SYNC_EVERY`] rounds of an upload were waiting, and chat messages waited with
+/// them. Started as they are written, little is ever left (a synced 4 KiB write every
+/// 5 ms beside a 650 MB/s writer: p99 8-9 ms before, about 1 ms after).
+const WRITEBACK_EVERY: u64 = 1 << 20;
+
+/// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk, and
+/// returns without waiting: Linux answers `POSIX_FADV_DONTNEED` by starting the
+/// writeback of the range's dirty pages, then dropping those already clean (none,
+/// for bytes just written), so the upload stays cached for its first downloads. A
+/// hint: where it does nothing, the periodic sync still writes the bytes.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
 
 /// An upload's partial file being written and hashed on a blocking thread: together
 /// they cost about as much as opening the frames, so running them beside the session
@@ -123,6 +144,8 @@ impl Storing {
         let done = tokio::task::spawn_blocking(move || {
             let _claim = claim;
             let mut unsynced = 0u64;
+            let mut written = file.metadata()?.len();
+            let mut unstarted = 0u64;
             // The sync runs on a thread of its own, so writing goes on meanwhile; the
             // one before must be done before the next starts, so at most two rounds of
             // unsynced data exist.
@@ -135,6 +158,12 @@ impl Storing {
             while let Some(chunk) = incoming.blocking_recv() {
                 file.write_all(&chunk)?;
                 hasher.update(&chunk);
+                written += chunk.len() as u64;
+                unstarted += chunk.len() as u64;
+                if unstarted >= WRITEBACK_EVERY {
+                    start_writeback(&file, written - unstarted, unstarted);
+                    unstarted = 0;
+                }
                 unsynced += chunk.len() as u64;
                 if unsynced >= SYNC_EVERY {
                     unsynced = 0;
@@ -286,8 +315,9 @@ mod tests {
         assert_eq!(held, 0);
         let storing = Storing::start(file, hasher, claims.claim(1, std::time::Duration::ZERO).await.unwrap());
         let mut expected = Vec::new();
+        // Chunks of 64 KiB and a little: past `WRITEBACK_EVERY`, at odd offsets.
         for i in 0..40u8 {
-            let chunk = vec![i; 1000 + usize::from(i)];
+            let chunk = vec![i; (64 << 10) + usize::from(i)];
             expected.extend_from_slice(&chunk);
             storing.append(bytes::Bytes::copy_from_slice(&chunk)).await.unwrap();
         }
