@@ -51,18 +51,31 @@ impl Disk {
         self.root.join("files").join(name.get(..2).unwrap_or("00")).join(name)
     }
 
-    /// Moves a verified upload into the content store (dropping it if the content is
-    /// already there).
+    /// Moves a verified (and synced) upload into the content store, dropping it if the
+    /// content is already there. The move is synced too: the announcement committed
+    /// next must not outlive the file's name in a crash of the machine.
     pub fn store_verified(&self, id: FileId, sha256: &Sha256Digest) -> io::Result<()> {
         let target = self.content(sha256);
         if target.exists() {
             return std::fs::remove_file(self.partial(id));
         }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+        let Some(parent) = target.parent() else {
+            return Err(io::Error::other("content path without a parent"));
+        };
+        let new_parent = !parent.exists();
+        std::fs::create_dir_all(parent)?;
+        std::fs::rename(self.partial(id), &target)?;
+        sync_directory(parent)?;
+        if new_parent && let Some(files) = parent.parent() {
+            sync_directory(files)?;
         }
-        std::fs::rename(self.partial(id), target)
+        Ok(())
     }
+}
+
+/// Makes the entries of directory `path` (names created, renamed or removed) durable.
+fn sync_directory(path: &Path) -> io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
 }
 
 /// An upload this session receives.
