@@ -431,21 +431,71 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) -> BatchOutcome {
         Err(e) => return Err((Vec::new(), e.into())),
     };
     let mut completions = Vec::with_capacity(batch.len());
+    // The writer's statements are prepared once and kept (`prepare_cached`): parsing
+    // them again for every job was a tenth of a core at 1,000 clients.
+    let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut statement| statement.execute([]));
     for job in batch {
         // A savepoint per job: a job that fails leaves nothing behind, and the rest
         // of the batch still commits.
-        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+        if let Err(e) = run("SAVEPOINT job") {
             return Err((completions, e.into()));
         }
         let (succeeded, completion) = job(&tx);
         completions.push(completion);
-        let end = if succeeded { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-        if let Err(e) = tx.execute_batch(end) {
+        let ended = if succeeded {
+            run("RELEASE job")
+        } else {
+            run("ROLLBACK TO job").and_then(|_| run("RELEASE job"))
+        };
+        if let Err(e) = ended {
             return Err((completions, e.into()));
         }
     }
     match tx.commit() {
         Ok(()) => Ok(completions),
         Err(e) => Err((completions, e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert_meta(conn: &Connection, key: &str) -> Result<(), StoreError> {
+        conn.execute("INSERT INTO meta (key, value) VALUES (?1, 'x')", [key])?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_leaves_nothing_and_the_jobs_beside_it_still_commit() {
+        let dir = std::env::temp_dir().join(format!("casataa-store-jobs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, 1).unwrap();
+        // Several rounds: the writer's cached savepoint statements are used again
+        // after a rollback as well as after a release.
+        for round in 0..4 {
+            let failing = store.write(move |conn| {
+                insert_meta(conn, &format!("failed-{round}"))?;
+                Err::<(), _>(StoreError::Corrupt("refused".into()))
+            });
+            let succeeding = store.write(move |conn| insert_meta(conn, &format!("kept-{round}")));
+            let (failed, kept) = tokio::join!(failing, succeeding);
+            assert!(matches!(failed, Err(StoreError::Corrupt(_))), "{failed:?}");
+            kept.unwrap();
+        }
+        let keys = store
+            .read(|conn| {
+                let mut statement =
+                    conn.prepare("SELECT key FROM meta WHERE key LIKE 'failed-%' OR key LIKE 'kept-%'")?;
+                let keys = statement.query_map([], |row| row.get::<_, String>(0))?;
+                Ok(keys.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, ["kept-0", "kept-1", "kept-2", "kept-3"]);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

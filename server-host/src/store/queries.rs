@@ -76,6 +76,8 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, Stor
     // FULL: a commit is on disk before the server acknowledges anything in it.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Room for every statement the writer and the delivery reads run repeatedly.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -234,11 +236,10 @@ fn pair_key(a: &str, b: &str) -> String {
 /// Appends a message, or finds the earlier copy of the same client id.
 pub fn append(conn: &Connection, message: &NewMessage) -> Result<Appended, StoreError> {
     let existing: Option<(i64, i64)> = conn
-        .query_row(
-            "SELECT seq, at FROM messages WHERE sender = ?1 AND client_id = ?2",
-            params![message.sender.as_str(), message.client_id as i64],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, at FROM messages WHERE sender = ?1 AND client_id = ?2")?
+        .query_row(params![message.sender.as_str(), message.client_id as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
         .optional()?;
     if let Some((seq, at)) = existing {
         return Ok(Appended { seq: seq as Seq, at: at as UnixMillis, duplicate: true });
@@ -252,19 +253,19 @@ pub fn append(conn: &Connection, message: &NewMessage) -> Result<Appended, Store
         .map_err(|e| StoreError::Corrupt(format!("content does not encode: {e}")))?
         .len();
     content.truncate(used);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO messages (at, sender, client_id, room, dm_to, dm_pair, content)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            message.at as i64,
-            message.sender.as_str(),
-            message.client_id as i64,
-            room,
-            dm_to,
-            dm_pair,
-            content
-        ],
-    )?;
+    )?
+    .execute(params![
+        message.at as i64,
+        message.sender.as_str(),
+        message.client_id as i64,
+        room,
+        dm_to,
+        dm_pair,
+        content
+    ])?;
     Ok(Appended { seq: conn.last_insert_rowid() as Seq, at: message.at, duplicate: false })
 }
 
@@ -342,7 +343,9 @@ pub fn history(
 
 /// The highest sequence number in the log.
 pub(crate) fn latest_seq(conn: &Connection) -> Result<Seq, StoreError> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM messages", [], |row| row.get::<_, i64>(0))? as Seq)
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages")?
+        .query_row([], |row| row.get::<_, i64>(0))? as Seq)
 }
 
 /// A device's cursor (0 if it never acknowledged anything).
@@ -359,11 +362,11 @@ pub fn cursor(conn: &Connection, user: &str, device: &[u8; 16]) -> Result<Seq, S
 
 /// Moves a device's cursor forward (never back).
 pub fn advance_cursor(conn: &Connection, user: &str, device: &[u8; 16], seq: Seq) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO cursors (user, device, seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (user, device) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-        params![user, &device[..], seq.min(i64::MAX as u64) as i64],
-    )?;
+    )?
+    .execute(params![user, &device[..], seq.min(i64::MAX as u64) as i64])?;
     Ok(())
 }
 
