@@ -122,7 +122,7 @@ const SYNC_EVERY: u64 = 16 << 20;
 /// file, and a SQLite commit may need one: left to the periodic sync, up to two
 /// [`SYNC_EVERY`] rounds of an upload were waiting, and chat messages waited with
 /// them. Started as they are written, little is ever left (a synced 4 KiB write every
-/// 5 ms beside a 650 MB/s writer: p99 8-9 ms before, about 1 ms after).
+/// 5 ms beside a 650 MB/s writer: p99 7-9 ms before, 1-3 ms after).
 const WRITEBACK_EVERY: u64 = 1 << 20;
 
 /// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk, and
