@@ -158,7 +158,8 @@ impl Storing {
             let _claim = claim;
             let mut unsynced = 0u64;
             let mut written = file.metadata()?.len();
-            let mut unstarted = 0u64;
+            // Everything before this offset has had its writeback started.
+            let mut writeback_from = written;
             // The sync runs on a thread of its own, so writing goes on meanwhile; the
             // one before must be done before the next starts, so at most two rounds of
             // unsynced data exist.
@@ -172,10 +173,9 @@ impl Storing {
                 file.write_all(&chunk)?;
                 hasher.update(&chunk);
                 written += chunk.len() as u64;
-                unstarted += chunk.len() as u64;
-                if unstarted >= WRITEBACK_EVERY {
-                    start_writeback(&file, written - unstarted, unstarted);
-                    unstarted = 0;
+                if written - writeback_from >= WRITEBACK_EVERY {
+                    start_writeback(&file, writeback_from, written - writeback_from);
+                    writeback_from = written;
                 }
                 unsynced += chunk.len() as u64;
                 if unsynced >= SYNC_EVERY {

@@ -310,7 +310,7 @@ async fn a_direct_message_to_an_offline_user_appears_after_they_log_in() {
         }
         // One acknowledgement covers up to 64 deliveries, so this one was held: the
         // page's timer sent it, and the server keeps bob's cursor at the message.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             let (newest, cursor) = newest_and_cursor(&database, "bob");
             if cursor == Some(newest) {

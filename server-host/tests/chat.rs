@@ -324,14 +324,21 @@ async fn room_joined(client: &mut Client) -> casataa_proto::types::Name {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn joining_and_leaving_a_room_start_and_stop_its_live_messages_at_once() {
+/// Alice and bob connected, and a room `room` that alice has just created (bob is
+/// not in it).
+async fn alice_bob_and_a_new_room(room: &str) -> (TestServer, Client, Client, casataa_proto::types::Name) {
     let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
     let mut alice = server.connect("alice", "pa").await.unwrap();
-    let mut bob = server.connect("bob", "pb").await.unwrap();
-    let project = name("project-y");
-    alice.request(&ClientMessage::CreateRoom { room: project.clone() }).await.unwrap();
-    assert_eq!(room_joined(&mut alice).await, project);
+    let bob = server.connect("bob", "pb").await.unwrap();
+    let room = name(room);
+    alice.request(&ClientMessage::CreateRoom { room: room.clone() }).await.unwrap();
+    assert_eq!(room_joined(&mut alice).await, room);
+    (server, alice, bob, room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_and_leaving_a_room_start_and_stop_its_live_messages_at_once() {
+    let (_server, mut alice, mut bob, project) = alice_bob_and_a_new_room("project-y").await;
     // Bob's session is delivering (it knows his rooms: general only).
     let hello = alice.send_text(general(), "hello".try_into().unwrap()).await.unwrap();
     assert_eq!(next_delivery(&mut bob).await.seq, hello);
@@ -356,13 +363,7 @@ async fn joining_and_leaving_a_room_start_and_stop_its_live_messages_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_history_typing_and_presence() {
-    let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
-    let mut alice = server.connect("alice", "pa").await.unwrap();
-    let mut bob = server.connect("bob", "pb").await.unwrap();
-    let project = name("project-x");
-
-    alice.request(&ClientMessage::CreateRoom { room: project.clone() }).await.unwrap();
-    assert_eq!(room_joined(&mut alice).await, project);
+    let (_server, mut alice, mut bob, project) = alice_bob_and_a_new_room("project-x").await;
     // Bob is not a member yet: posting there is refused.
     let refused = bob.send_text(Target::Room(project.clone()), "let me in".try_into().unwrap()).await;
     assert!(matches!(refused, Err(ClientError::Rejected(ErrorCode::Forbidden, _))), "{refused:?}");
