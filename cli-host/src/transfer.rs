@@ -5,6 +5,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use casataa_file_sink::{FileSink, Pace};
 use casataa_proto::limits::{FILE_NAME_MAX, chunk_capacity};
 use casataa_proto::message::{ClientMessage, ErrorCode, FileInfo, FileOffer, ServerMessage};
 use casataa_proto::types::{FileId, Sha256Digest, Target, truncated};
@@ -134,9 +135,6 @@ pub async fn upload(
     }
 }
 
-/// Bytes of a download written between syncs of its partial file.
-const SYNC_EVERY: u64 = 16 << 20;
-
 /// Feeds whatever is written into a hasher.
 struct HashWriter<'h>(&'h mut Sha256);
 
@@ -224,42 +222,17 @@ pub async fn download(
     let mut hasher = Sha256::new();
     std::io::copy(&mut (&out).take(start), &mut HashWriter(&mut hasher))?;
     out.seek(SeekFrom::Start(start))?;
+    // A disk without room says so before the transfer.
+    casataa_file_sink::ensure_room(&out, info.size.saturating_sub(start))?;
     // Writing and hashing run on a blocking thread beside the connection, which opens
     // the next frames meanwhile: together they cost about as much as the decryption.
-    let (chunks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
-    let storing = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
-        // Synced as it goes, on a thread of its own, so the sync at the end does not
-        // wait for the whole file to reach the disk; at most two rounds are unsynced.
-        let mut unsynced = 0u64;
-        let mut syncing: Option<std::thread::JoinHandle<std::io::Result<()>>> = None;
-        let finish_sync = |syncing: Option<std::thread::JoinHandle<std::io::Result<()>>>| {
-            syncing.map_or(Ok(()), |sync| {
-                sync.join().unwrap_or_else(|_| Err(std::io::Error::other("sync panicked")))
-            })
-        };
-        while let Some(data) = incoming.blocking_recv() {
-            out.write_all(&data)?;
-            hasher.update(&data);
-            unsynced += data.len() as u64;
-            if unsynced >= SYNC_EVERY {
-                unsynced = 0;
-                finish_sync(syncing.take())?;
-                let handle = out.try_clone()?;
-                syncing = Some(std::thread::spawn(move || handle.sync_data()));
-            }
-        }
-        finish_sync(syncing)?;
-        out.sync_all()?;
-        Ok(hasher)
-    });
-    let received = receive_chunks(client, id, &info, start, &chunks, &mut progress).await;
+    let sink = FileSink::start(out, hasher, Pace::BULK, ());
+    let received = receive_chunks(client, id, &info, start, &sink, &mut progress).await;
     // The thread finishes what it was given, also when the connection failed, so the
     // partial file is whole before a rerun resumes from it.
-    drop(chunks);
-    let stored = storing.await.map_err(|e| TransferError::Io(std::io::Error::other(e)));
+    let stored = sink.finish().await;
     received?;
-    let hasher = stored??;
-    let actual: Sha256Digest = hasher.finalize().into();
+    let (_, actual) = stored?;
     if actual != info.sha256 {
         let _ = std::fs::remove_file(&partial);
         return Err(TransferError::Corrupt);
@@ -273,13 +246,13 @@ pub async fn download(
 }
 
 /// Receives the chunks of download `id` from `start` to the end and hands them to
-/// `chunks`, reporting progress to the server every sealing batch.
+/// `sink`, reporting progress to the server every sealing batch.
 async fn receive_chunks(
     client: &mut Client,
     id: FileId,
     info: &FileInfo,
     start: u64,
-    chunks: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    sink: &FileSink,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<(), TransferError> {
     let stopped = || TransferError::Io(std::io::Error::other("the file writer stopped"));
@@ -293,7 +266,7 @@ async fn receive_chunks(
                     return Err(TransferError::Refused(ErrorCode::BadRequest, "chunk out of order".into()));
                 }
                 received += data.len() as u64;
-                chunks.send(data).await.map_err(|_| stopped())?;
+                sink.append(data).await.map_err(|_| stopped())?;
                 unreported += 1;
                 // A report every sealing batch of chunks: the server refills the
                 // window a whole batch at a time.

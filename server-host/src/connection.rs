@@ -36,7 +36,7 @@ use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::files::{Disk, Download, Storing, Upload, WINDOW, open_partial};
+use crate::files::{Disk, Download, FileSink, Pace, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Incoming, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
@@ -1088,6 +1088,14 @@ impl Live<'_> {
             .map_err(|_| End::Transport("file task failed".into()))?;
         let (file, held, hasher) = match opened {
             Ok(opened) => opened,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                tracing::warn!("no room for upload {id} ({size} bytes): {e}");
+                return self.error(
+                    ErrorCode::StorageFull,
+                    about,
+                    "the server's disk has no room for this file",
+                );
+            }
             Err(e) => {
                 tracing::error!("cannot open {}: {e}", path.display());
                 return self.error(ErrorCode::StorageFull, about, "the server cannot store files right now");
@@ -1097,7 +1105,7 @@ impl Live<'_> {
         self.uploads.insert(
             id,
             Upload {
-                storing: Storing::start(file, hasher, claim),
+                storing: FileSink::start(file, hasher, Pace::BESIDE_CHAT, claim),
                 name: name.to_string(),
                 size,
                 received: held,
@@ -1186,7 +1194,7 @@ impl Live<'_> {
         };
         let disk = self.ctx.disk.clone();
         let verified = tokio::task::spawn_blocking(move || {
-            file.sync_all()?;
+            // The sink has synced it.
             drop(file);
             if actual == sha256 {
                 disk.store_verified(id, &actual)?;

@@ -5,6 +5,7 @@
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+pub use casataa_file_sink::{FileSink, Pace};
 use casataa_proto::types::{FileId, Sha256Digest, Target};
 use sha2::{Digest, Sha256};
 
@@ -82,7 +83,7 @@ fn sync_directory(path: &Path) -> io::Result<()> {
 pub struct Upload {
     /// The partial file, written and hashed beside the session, so the check at the
     /// end is instant.
-    pub storing: Storing,
+    pub storing: FileSink,
     /// The name the sender gave.
     pub name: String,
     /// Declared size.
@@ -109,108 +110,9 @@ impl std::fmt::Debug for Upload {
     }
 }
 
-/// Chunks a [`Storing`] thread may have waiting: enough to keep it busy while the
-/// session opens the next batch, little enough to bound memory.
-const STORE_QUEUE: usize = 16;
-
-/// Bytes written to a partial file between two syncs: bounds what a crash of the
-/// machine can take from an upload, and the page cache it holds.
-const SYNC_EVERY: u64 = 16 << 20;
-
-/// Bytes written to a partial file before the kernel is asked to start writing them
-/// to disk. On ext4 (ordered data) a journal commit waits for the new data of every
-/// file, and a SQLite commit may need one: left to the periodic sync, up to two
-/// [`SYNC_EVERY`] rounds of an upload were waiting, and chat messages waited with
-/// them. Started as they are written, little is ever left (a synced 4 KiB write every
-/// 5 ms beside a 650 MB/s writer: p99 7-9 ms before, 1-3 ms after).
-const WRITEBACK_EVERY: u64 = 1 << 20;
-
-/// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk, and
-/// returns without waiting: Linux answers `POSIX_FADV_DONTNEED` by starting the
-/// writeback of the range's dirty pages, then dropping those already clean (none,
-/// for bytes just written), so the upload stays cached for its first downloads. A
-/// hint: where it does nothing, the periodic sync still writes the bytes.
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    if let Some(len) = std::num::NonZeroU64::new(len) {
-        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
-}
-
-/// An upload's partial file being written and hashed on a blocking thread: together
-/// they cost about as much as opening the frames, so running them beside the session
-/// lets an upload use a second core. The thread holds the upload's [`PartialClaim`]
-/// until its last write, so nobody else opens the file meanwhile.
-#[derive(Debug)]
-pub struct Storing {
-    chunks: tokio::sync::mpsc::Sender<bytes::Bytes>,
-    done: tokio::task::JoinHandle<io::Result<(std::fs::File, Sha256)>>,
-}
-
-impl Storing {
-    /// Appends to `file` (which holds the bytes `hasher` has seen) from now on.
-    pub fn start(mut file: std::fs::File, mut hasher: Sha256, claim: PartialClaim) -> Self {
-        use std::io::Write as _;
-        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(STORE_QUEUE);
-        let done = tokio::task::spawn_blocking(move || {
-            let _claim = claim;
-            let mut unsynced = 0u64;
-            let mut written = file.metadata()?.len();
-            // Everything before this offset has had its writeback started.
-            let mut writeback_from = written;
-            // The sync runs on a thread of its own, so writing goes on meanwhile; the
-            // one before must be done before the next starts, so at most two rounds of
-            // unsynced data exist.
-            let mut syncing: Option<std::thread::JoinHandle<io::Result<()>>> = None;
-            let finish_sync = |syncing: Option<std::thread::JoinHandle<io::Result<()>>>| {
-                syncing.map_or(Ok(()), |sync| {
-                    sync.join().unwrap_or_else(|_| Err(io::Error::other("sync panicked")))
-                })
-            };
-            while let Some(chunk) = incoming.blocking_recv() {
-                file.write_all(&chunk)?;
-                hasher.update(&chunk);
-                written += chunk.len() as u64;
-                if written - writeback_from >= WRITEBACK_EVERY {
-                    start_writeback(&file, writeback_from, written - writeback_from);
-                    writeback_from = written;
-                }
-                unsynced += chunk.len() as u64;
-                if unsynced >= SYNC_EVERY {
-                    unsynced = 0;
-                    finish_sync(syncing.take())?;
-                    let handle = file.try_clone()?;
-                    syncing = Some(std::thread::spawn(move || handle.sync_data()));
-                }
-            }
-            finish_sync(syncing)?;
-            Ok((file, hasher))
-        });
-        Self { chunks, done }
-    }
-
-    /// Adds `data` (a view of the frame it came in: no copy); waits only when the thread
-    /// is a whole queue behind. An error means the thread stopped: [`Self::finish`]
-    /// says why.
-    pub async fn append(&self, data: bytes::Bytes) -> Result<(), ()> {
-        self.chunks.send(data).await.map_err(|_| ())
-    }
-
-    /// Waits for every write, and returns the file and the digest of its content, or
-    /// the write error that stopped the thread.
-    pub async fn finish(self) -> io::Result<(std::fs::File, Sha256Digest)> {
-        drop(self.chunks);
-        let (file, hasher) =
-            self.done.await.map_err(|e| io::Error::other(format!("the file thread failed: {e}")))??;
-        Ok((file, hasher.finalize().into()))
-    }
-}
-
 /// The right to write one upload's partial file: one writer at a time, across
-/// connections. Released when dropped (by the thread of [`Storing`], after its last
-/// write).
+/// connections. Released when dropped (by the upload's [`FileSink`] thread, after its
+/// last write).
 #[derive(Debug)]
 pub struct PartialClaim {
     _guard: tokio::sync::OwnedMutexGuard<()>,
@@ -246,12 +148,14 @@ impl PartialClaims {
     }
 }
 
-/// Opens (or creates) an upload's partial file, keeps at most `size` bytes of it, and
-/// hashes what it already holds. Blocking: call it off the async threads.
+/// Opens (or creates) an upload's partial file, keeps at most `size` bytes of it,
+/// checks that the disk has room for the rest (`ENOSPC` if not), and hashes what it
+/// already holds. Blocking: call it off the async threads.
 pub fn open_partial(path: &Path, size: u64) -> io::Result<(std::fs::File, u64, Sha256)> {
     let file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path)?;
     let held = file.metadata()?.len().min(size);
     file.set_len(held)?;
+    casataa_file_sink::ensure_room(&file, size - held)?;
     let mut hasher = Sha256::new();
     let mut reader = (&file).take(held);
     let mut buf = vec![0u8; 1 << 20];
@@ -319,47 +223,33 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn storing_writes_in_order_and_a_write_error_stops_only_that_upload() {
-        let dir = std::env::temp_dir().join(format!("casataa-storing-{}", std::process::id()));
+    async fn a_partial_file_resumes_where_it_ends_and_is_claimed_until_its_last_write() {
+        let dir = std::env::temp_dir().join(format!("casataa-partial-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let claims = PartialClaims::default();
         let path = dir.join("partial");
-        let (file, held, hasher) = open_partial(&path, 1 << 20).unwrap();
+        let size = 4 << 20;
+        let (file, held, hasher) = open_partial(&path, size).unwrap();
         assert_eq!(held, 0);
-        let storing = Storing::start(file, hasher, claims.claim(1, std::time::Duration::ZERO).await.unwrap());
-        let mut expected = Vec::new();
-        // Chunks of 64 KiB and a little: past `WRITEBACK_EVERY`, at odd offsets.
-        for i in 0..40u8 {
-            let chunk = vec![i; (64 << 10) + usize::from(i)];
-            expected.extend_from_slice(&chunk);
-            storing.append(bytes::Bytes::copy_from_slice(&chunk)).await.unwrap();
-        }
-        let (_, digest) = storing.finish().await.unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), expected);
-        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&expected)));
+        let claim = claims.claim(1, std::time::Duration::ZERO).await.unwrap();
+        let sink = FileSink::start(file, hasher, Pace::BESIDE_CHAT, claim);
+        let first = vec![5u8; 100_000];
+        sink.append(bytes::Bytes::copy_from_slice(&first)).await.unwrap();
+        assert!(claims.claim(1, std::time::Duration::ZERO).await.is_none(), "claimed while writing");
+        sink.finish().await.unwrap();
         assert!(claims.claim(1, std::time::Duration::ZERO).await.is_some(), "released after the last write");
 
-        // A file that cannot be written: the error comes back, the claim is released.
-        let read_only = std::fs::OpenOptions::new().read(true).open(&path).unwrap();
-        let storing = Storing::start(
-            read_only,
-            Sha256::new(),
-            claims.claim(2, std::time::Duration::ZERO).await.unwrap(),
-        );
-        let mut refused = false;
-        for _ in 0..100 {
-            if storing.append(bytes::Bytes::from_static(&[1; 4096])).await.is_err() {
-                refused = true;
-                break;
-            }
-        }
-        assert!(refused || storing_failed(storing).await, "the write error is reported");
-        assert!(claims.claim(2, std::time::Duration::from_secs(5)).await.is_some());
+        // Offered again: it resumes after the bytes held, and the digest covers them.
+        let (file, held, hasher) = open_partial(&path, size).unwrap();
+        assert_eq!(held, first.len() as u64);
+        let sink = FileSink::start(file, hasher, Pace::BESIDE_CHAT, ());
+        let rest = vec![6u8; 50_000];
+        sink.append(bytes::Bytes::copy_from_slice(&rest)).await.unwrap();
+        let (_, digest) = sink.finish().await.unwrap();
+        let expected = [first, rest].concat();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&expected)));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    async fn storing_failed(storing: Storing) -> bool {
-        storing.finish().await.is_err()
     }
 
     #[test]

@@ -448,6 +448,34 @@ async fn a_full_disk_fails_that_transfer_cleanly_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_without_room_for_a_file_refuses_its_offer_before_a_byte_is_sent() {
+    let mut server = TestServer::start(&[("alice", "pa", false)]);
+    server.kill();
+    // 6 MiB of disk for the whole data directory: 8 MiB cannot fit, 1 MiB can.
+    server.spawn_on_small_disk(6 << 20);
+    let dir = scratch(&server, "t");
+    let big = dir.join("too-big.bin");
+    random_file(&big, 8 << 20);
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut sent = 0;
+    let failed = transfer::upload(&mut alice, &big, general(), |done, _| sent = sent.max(done)).await;
+    match failed {
+        Err(TransferError::Refused(ErrorCode::StorageFull, message)) => {
+            assert!(message.contains("no room"), "{message}");
+        }
+        other => panic!("expected a refusal for lack of room, got {other:?}"),
+    }
+    assert_eq!(sent, 0, "refused at the offer: no chunk was sent");
+    // What fits is stored, on the same connection.
+    let small = dir.join("small.bin");
+    random_file(&small, 1 << 20);
+    let id = transfer::upload(&mut alice, &small, general(), |_, _| {}).await.unwrap();
+    let out = scratch(&server, "back");
+    let (path, _) = transfer::download(&mut alice, id, Destination::Directory(out), |_, _| {}).await.unwrap();
+    assert_eq!(sha256_file(&path).unwrap(), sha256_file(&small).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_deliveries_interleave_with_a_download_without_breaking_the_frame_order() {
     let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false), ("carol", "pc", false)]);
     let dir = scratch(&server, "t");

@@ -119,6 +119,28 @@ impl TestServer {
         self.spawn_with(command);
     }
 
+    /// Starts the server with its data directory on a filesystem of `bytes`, as on a
+    /// nearly full disk: a tmpfs mounted in a mount namespace of the server's own,
+    /// holding a copy of the directory (users and all). Needs root, as
+    /// `cargo xtask test` runs in CI; the mount ends with the server.
+    pub fn spawn_on_small_disk(&mut self, bytes: u64) {
+        const SCRIPT: &str = r#"set -e
+data=$1; size=$2; shift 2
+copy=$(mktemp -d)
+cp -a "$data/." "$copy/"
+mount -t tmpfs -o size="$size" casataa-small-disk "$data"
+cp -a "$copy/." "$data/"
+rm -rf "$copy"
+exec "$@""#;
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c", SCRIPT, "small-disk"])
+            .arg(&self.data)
+            .arg(bytes.to_string())
+            .arg(server_binary());
+        self.spawn_with(command);
+    }
+
     fn spawn_with(&mut self, command: Command) {
         self.spawn_on_loopback(command, &[]);
     }
