@@ -602,11 +602,12 @@ fn write_random_file(path: &Path, bytes: u64, seed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Chat latency (p50, p99 in ms) of direct messages at 20/s while `during` runs.
+/// The delays (ms, sorted) of direct messages sent every [`CHAT_PROBE_INTERVAL`] while
+/// `during` runs.
 async fn chat_latency_during<F: Future<Output = anyhow::Result<()>>>(
     server: &str,
     during: F,
-) -> anyhow::Result<(f64, f64, anyhow::Result<()>)> {
+) -> anyhow::Result<(Vec<f64>, anyhow::Result<()>)> {
     let base = Instant::now();
     let mut sender = connect(server, "load1", Secret::Passphrase(PASSPHRASE.into()), 50_001).await?;
     let mut receiver = connect(server, "load2", Secret::Passphrase(PASSPHRASE.into()), 50_002).await?;
@@ -632,7 +633,7 @@ async fn chat_latency_during<F: Future<Output = anyhow::Result<()>>>(
     let stop_sender = Arc::clone(&stop);
     let sending = tokio::spawn(async move {
         let to = Target::User(name("load2")?);
-        let mut ticker = tokio::time::interval(Duration::from_millis(50));
+        let mut ticker = tokio::time::interval(CHAT_PROBE_INTERVAL);
         while !stop_sender.load(Ordering::Relaxed) {
             tokio::select! {
                 _ = ticker.tick() => {
@@ -651,8 +652,12 @@ async fn chat_latency_during<F: Future<Output = anyhow::Result<()>>>(
     sending.await??;
     let mut samples = receiving.await??;
     samples.sort_by(f64::total_cmp);
-    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99), outcome))
+    Ok((samples, outcome))
 }
+
+/// How often the chat probe of `--mode files` sends: 50 messages a second, so that the
+/// three uploads give a few hundred delays and their p99 is not just the worst one.
+const CHAT_PROBE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// One upload and one download of a fresh file: rates in MB/s and CPU per side.
 struct Trial {
@@ -660,8 +665,8 @@ struct Trial {
     download_mb_s: f64,
     upload_cpu: CpuSpent,
     download_cpu: CpuSpent,
-    chat_p50_ms: f64,
-    chat_p99_ms: f64,
+    /// Delays of the chat probe during the upload, ms.
+    chat_samples: Vec<f64>,
 }
 
 async fn file_trial(server: &Server, dir: &Path, bytes: u64, trial: usize) -> anyhow::Result<Trial> {
@@ -677,7 +682,7 @@ async fn file_trial(server: &Server, dir: &Path, bytes: u64, trial: usize) -> an
     let result_slot = Arc::clone(&upload_result);
     let source_path = source.clone();
     let server_pid = server.child.id();
-    let (chat_p50_ms, chat_p99_ms, outcome) = chat_latency_during(&server.tcp, async move {
+    let (chat_samples, outcome) = chat_latency_during(&server.tcp, async move {
         let id = transfer::upload(&mut uploader, &source_path, general()?, |done, _| {
             if done == 0 {
                 // The clock and the CPU counters start once the file is hashed and offered.
@@ -726,8 +731,7 @@ async fn file_trial(server: &Server, dir: &Path, bytes: u64, trial: usize) -> an
         download_mb_s: bytes as f64 / download_time.as_secs_f64() / 1e6,
         upload_cpu,
         download_cpu,
-        chat_p50_ms,
-        chat_p99_ms,
+        chat_samples,
     })
 }
 
@@ -749,7 +753,7 @@ async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
     println!("{:<44} {:>10.0} MB/s", "AES-128-CCM seal, one core", ccm);
     println!("{:<44} {:>10.0} MB/s", "data directory write, synced at the end", disk);
 
-    let (base_p50, base_p99, _) = chat_latency_during(&server.tcp, async {
+    let (idle_samples, _) = chat_latency_during(&server.tcp, async {
         tokio::time::sleep(Duration::from_secs(3)).await;
         Ok(())
     })
@@ -793,19 +797,37 @@ async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
     let up_client = ns_per_byte(|t| t.upload_cpu.client);
     let down_server = ns_per_byte(|t| t.download_cpu.server);
     let down_client = ns_per_byte(|t| t.download_cpu.client);
-    let (up_p50, up_p99) = (pick(|t| t.chat_p50_ms), pick(|t| t.chat_p99_ms));
+    // The probe's delays of every upload together: a trial's own are too few for a p99.
+    let mut during_samples: Vec<f64> = trials.iter().flat_map(|t| t.chat_samples.iter().copied()).collect();
+    during_samples.sort_by(f64::total_cmp);
+    let (base_p50, base_p99) = (percentile(&idle_samples, 0.5), percentile(&idle_samples, 0.99));
+    let (up_p50, up_p99) = (percentile(&during_samples, 0.5), percentile(&during_samples, 0.99));
     println!("{:<44} {:>7.2} / {:.2} ns per byte", "upload CPU, server / client", up_server, up_client);
     println!("{:<44} {:>7.2} / {:.2} ns per byte", "download CPU, server / client", down_server, down_client);
     println!("{:<44} {:>10.2} ns per byte", "AES-128-CCM seal, one core", 1e3 / ccm);
-    println!("{:<44} {:>8.2} ms / {:.2} ms", "chat p50 / p99 without a transfer", base_p50, base_p99);
-    println!("{:<44} {:>8.2} ms / {:.2} ms", "chat p50 / p99 during the uploads", up_p50, up_p99);
+    println!(
+        "{:<44} {:>8.2} ms / {:.2} ms ({} messages)",
+        "chat p50 / p99 without a transfer",
+        base_p50,
+        base_p99,
+        idle_samples.len()
+    );
+    println!(
+        "{:<44} {:>8.2} ms / {:.2} ms ({} messages)",
+        "chat p50 / p99 during the uploads",
+        up_p50,
+        up_p99,
+        during_samples.len()
+    );
     let list =
         |f: fn(&Trial) -> f64| trials.iter().map(|t| format!("{:.1}", f(t))).collect::<Vec<_>>().join(", ");
     Ok(format!(
-        "{{\n  \"file_bytes\": {bytes},\n  \"trials\": {},\n  \"loopback_tcp_mb_s\": {tcp:.1},\n  \"ccm_seal_one_core_mb_s\": {ccm:.1},\n  \"data_dir_write_synced_mb_s\": {disk:.1},\n  \"upload_mb_s\": {upload_rate:.1},\n  \"download_mb_s\": {download_rate:.1},\n  \"upload_mb_s_each\": [{}],\n  \"download_mb_s_each\": [{}],\n  \"chat_p50_ms_idle\": {base_p50:.3},\n  \"chat_p99_ms_idle\": {base_p99:.3},\n  \"chat_p50_ms_during_upload\": {up_p50:.3},\n  \"chat_p99_ms_during_upload\": {up_p99:.3},\n  \"upload_cpu_ns_per_byte_server\": {up_server:.3},\n  \"upload_cpu_ns_per_byte_client\": {up_client:.3},\n  \"download_cpu_ns_per_byte_server\": {down_server:.3},\n  \"download_cpu_ns_per_byte_client\": {down_client:.3}\n}}\n",
+        "{{\n  \"file_bytes\": {bytes},\n  \"trials\": {},\n  \"loopback_tcp_mb_s\": {tcp:.1},\n  \"ccm_seal_one_core_mb_s\": {ccm:.1},\n  \"data_dir_write_synced_mb_s\": {disk:.1},\n  \"upload_mb_s\": {upload_rate:.1},\n  \"download_mb_s\": {download_rate:.1},\n  \"upload_mb_s_each\": [{}],\n  \"download_mb_s_each\": [{}],\n  \"chat_p50_ms_idle\": {base_p50:.3},\n  \"chat_p99_ms_idle\": {base_p99:.3},\n  \"chat_p50_ms_during_upload\": {up_p50:.3},\n  \"chat_p99_ms_during_upload\": {up_p99:.3},\n  \"chat_messages_idle\": {},\n  \"chat_messages_during_upload\": {},\n  \"upload_cpu_ns_per_byte_server\": {up_server:.3},\n  \"upload_cpu_ns_per_byte_client\": {up_client:.3},\n  \"download_cpu_ns_per_byte_server\": {down_server:.3},\n  \"download_cpu_ns_per_byte_client\": {down_client:.3}\n}}\n",
         trials.len(),
         list(|t| t.upload_mb_s),
         list(|t| t.download_mb_s),
+        idle_samples.len(),
+        during_samples.len(),
     ))
 }
 
