@@ -2,14 +2,13 @@
 //! into a partial file, both resumable (the server keeps the offset of an upload; a
 //! download continues from its `.casataa-ID.part` file), and both verified by SHA-256.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use casataa_file_sink::{FileSink, Pace};
+use casataa_file_sink::{FileHasher, FileSink, Pace};
 use casataa_proto::limits::{FILE_NAME_MAX, chunk_capacity};
 use casataa_proto::message::{ClientMessage, ErrorCode, FileInfo, FileOffer, ServerMessage};
 use casataa_proto::types::{FileId, Sha256Digest, Target, truncated};
-use sha2::{Digest, Sha256};
 
 use crate::client::{Client, ClientError, Event};
 
@@ -54,16 +53,9 @@ impl From<std::io::Error> for TransferError {
 
 /// SHA-256 of a local file.
 pub fn sha256_file(path: &Path) -> std::io::Result<Sha256Digest> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hasher.finalize().into());
-        }
-        hasher.update(buf.get(..n).unwrap_or_default());
-    }
+    let mut hasher = FileHasher::new();
+    hasher.read_all(std::fs::File::open(path)?)?;
+    Ok(hasher.finish())
 }
 
 fn refused(report: &casataa_proto::message::ErrorReport) -> TransferError {
@@ -132,20 +124,6 @@ pub async fn upload(
             _ => {}
         }
         client.flush().await?;
-    }
-}
-
-/// Feeds whatever is written into a hasher.
-struct HashWriter<'h>(&'h mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -219,14 +197,14 @@ pub async fn download(
     out.set_len(start)?;
     // Hash what is already there, then every chunk as it arrives: the check at the
     // end needs no second pass over the file.
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut (&out).take(start), &mut HashWriter(&mut hasher))?;
+    let mut hasher = FileHasher::new();
+    hasher.read_all((&out).take(start))?;
     out.seek(SeekFrom::Start(start))?;
     // A disk without room says so before the transfer.
     casataa_file_sink::ensure_room(&out, info.size.saturating_sub(start))?;
     // Writing and hashing run on a blocking thread beside the connection, which opens
     // the next frames meanwhile: together they cost about as much as the decryption.
-    let sink = FileSink::start(out, hasher, Pace::BULK, ());
+    let sink = FileSink::start(out, hasher, Pace::BULK, ())?;
     let received = receive_chunks(client, id, &info, start, &sink, &mut progress).await;
     // The thread finishes what it was given, also when the connection failed, so the
     // partial file is whole before a rerun resumes from it.

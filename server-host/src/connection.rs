@@ -1101,11 +1101,18 @@ impl Live<'_> {
                 return self.error(ErrorCode::StorageFull, about, "the server cannot store files right now");
             }
         };
+        let storing = match FileSink::start(file, hasher, Pace::BESIDE_CHAT, claim) {
+            Ok(storing) => storing,
+            Err(e) => {
+                tracing::error!("cannot start writing upload {id}: {e}");
+                return self.error(ErrorCode::Internal, about, "the server cannot store files right now");
+            }
+        };
         self.failed_uploads.remove(&id);
         self.uploads.insert(
             id,
             Upload {
-                storing: FileSink::start(file, hasher, Pace::BESIDE_CHAT, claim),
+                storing,
                 name: name.to_string(),
                 size,
                 received: held,

@@ -582,6 +582,21 @@ fn ccm_throughput(bytes: u64) -> anyhow::Result<f64> {
     Ok(done as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 
+/// Single-core SHA-256 throughput of the hash both ends of a transfer check, MB/s: on a
+/// CPU without SHA instructions it, and not the cipher, can set a transfer's pace.
+fn sha256_throughput(bytes: u64) -> f64 {
+    let block = vec![0x5au8; casataa_proto::limits::chunk_capacity(65_535)];
+    let mut hasher = casataa_file_sink::FileHasher::new();
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < bytes {
+        hasher.update(&block);
+        done += block.len() as u64;
+    }
+    std::hint::black_box(hasher.finish());
+    done as f64 / started.elapsed().as_secs_f64() / 1e6
+}
+
 fn write_random_file(path: &Path, bytes: u64, seed: u64) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
@@ -748,9 +763,11 @@ async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
 
     let tcp = loopback_tcp(bytes).await?;
     let ccm = ccm_throughput(bytes)?;
+    let sha256 = sha256_throughput(bytes.min(256 << 20));
     let disk = synced_write_throughput(&dir, bytes)?;
     println!("{:<44} {:>10.0} MB/s", "raw loopback TCP", tcp);
     println!("{:<44} {:>10.0} MB/s", "AES-128-CCM seal, one core", ccm);
+    println!("{:<44} {:>10.0} MB/s", "SHA-256, one core (both ends check it)", sha256);
     println!("{:<44} {:>10.0} MB/s", "data directory write, synced at the end", disk);
 
     let (idle_samples, _) = chat_latency_during(&server.tcp, async {
@@ -822,7 +839,7 @@ async fn files_bench(args: &Args, server: &Server) -> anyhow::Result<String> {
     let list =
         |f: fn(&Trial) -> f64| trials.iter().map(|t| format!("{:.1}", f(t))).collect::<Vec<_>>().join(", ");
     Ok(format!(
-        "{{\n  \"file_bytes\": {bytes},\n  \"trials\": {},\n  \"loopback_tcp_mb_s\": {tcp:.1},\n  \"ccm_seal_one_core_mb_s\": {ccm:.1},\n  \"data_dir_write_synced_mb_s\": {disk:.1},\n  \"upload_mb_s\": {upload_rate:.1},\n  \"download_mb_s\": {download_rate:.1},\n  \"upload_mb_s_each\": [{}],\n  \"download_mb_s_each\": [{}],\n  \"chat_p50_ms_idle\": {base_p50:.3},\n  \"chat_p99_ms_idle\": {base_p99:.3},\n  \"chat_p50_ms_during_upload\": {up_p50:.3},\n  \"chat_p99_ms_during_upload\": {up_p99:.3},\n  \"chat_messages_idle\": {},\n  \"chat_messages_during_upload\": {},\n  \"upload_cpu_ns_per_byte_server\": {up_server:.3},\n  \"upload_cpu_ns_per_byte_client\": {up_client:.3},\n  \"download_cpu_ns_per_byte_server\": {down_server:.3},\n  \"download_cpu_ns_per_byte_client\": {down_client:.3}\n}}\n",
+        "{{\n  \"file_bytes\": {bytes},\n  \"trials\": {},\n  \"loopback_tcp_mb_s\": {tcp:.1},\n  \"ccm_seal_one_core_mb_s\": {ccm:.1},\n  \"sha256_one_core_mb_s\": {sha256:.1},\n  \"data_dir_write_synced_mb_s\": {disk:.1},\n  \"upload_mb_s\": {upload_rate:.1},\n  \"download_mb_s\": {download_rate:.1},\n  \"upload_mb_s_each\": [{}],\n  \"download_mb_s_each\": [{}],\n  \"chat_p50_ms_idle\": {base_p50:.3},\n  \"chat_p99_ms_idle\": {base_p99:.3},\n  \"chat_p50_ms_during_upload\": {up_p50:.3},\n  \"chat_p99_ms_during_upload\": {up_p99:.3},\n  \"chat_messages_idle\": {},\n  \"chat_messages_during_upload\": {},\n  \"upload_cpu_ns_per_byte_server\": {up_server:.3},\n  \"upload_cpu_ns_per_byte_client\": {up_client:.3},\n  \"download_cpu_ns_per_byte_server\": {down_server:.3},\n  \"download_cpu_ns_per_byte_client\": {down_client:.3}\n}}\n",
         trials.len(),
         list(|t| t.upload_mb_s),
         list(|t| t.download_mb_s),
