@@ -26,7 +26,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -105,7 +105,13 @@ impl Drop for Server {
 }
 
 fn start_server(bin: &Path) -> anyhow::Result<Server> {
-    let data = std::env::temp_dir().join(format!("casataa-load-{}", std::process::id()));
+    // Several may run in turn (`--mode compare`), each in a directory of its own.
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let data = std::env::temp_dir().join(format!(
+        "casataa-load-{}-{}",
+        std::process::id(),
+        STARTED.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
     std::fs::write(
@@ -942,15 +948,31 @@ async fn mqtt_latency(broker: &str, n: usize, rate: u32, seconds: f64) -> anyhow
     Ok(Latency::from_samples(e2e, ack_samples, 0))
 }
 
-/// `--mode compare`: Casataa beside Mosquitto, pair by pair.
-async fn compare(args: &Args, server: &Server) -> anyhow::Result<String> {
+/// A server of its own for one measurement of `--mode compare`, with users `load0` to
+/// `load{n-1}`, as Mosquitto gets a broker of its own for each. Sharing one server
+/// across measurements made each measure the last one's leftovers: every message of the
+/// N = 10 run (some 70,000) was still unread by the 90 devices that first connect at
+/// N = 100, whose cursors start at 0, so that run measured their catch-up from SQLite
+/// (318-332k deliveries a second against 575-607k on a server of its own).
+async fn fresh_server(args: &Args, n: usize) -> anyhow::Result<Server> {
+    let server = start_server(&args.server_bin)?;
+    let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
+    create_users(&mut admin, n).await?;
+    admin.close().await?;
+    Ok(server)
+}
+
+/// `--mode compare`: Casataa beside Mosquitto, pair by pair, each on a fresh server.
+async fn compare(args: &Args) -> anyhow::Result<String> {
     let mut json = String::from("{\n");
     println!("{:<52} {:>12} {:>12} {:>8}", "measurement", "casataa", "mosquitto", "ratio");
     let row = |what: String, ours: f64, theirs: f64, unit: &str| {
         println!("{what:<52} {ours:>9.1}{unit:>3} {theirs:>9.1}{unit:>3} {:>8.2}", ours / theirs);
     };
     for &n in &args.clients {
+        let server = fresh_server(args, n).await?;
         let ours = throughput(&server.tcp, n, args.seconds).await?;
+        drop(server);
         let broker = mqtt::Broker::start(&args.mosquitto_bin, false)?;
         let theirs = mqtt_throughput(&broker.addr, n, args.seconds).await?;
         drop(broker);
@@ -962,7 +984,9 @@ async fn compare(args: &Args, server: &Server) -> anyhow::Result<String> {
     }
     for &n in &args.clients {
         let rate = (args.offered_deliveries / n.max(1) as u32).max(1);
+        let server = fresh_server(args, n).await?;
         let ours = latency(&server.tcp, n, rate, args.seconds).await?;
+        drop(server);
         let broker = mqtt::Broker::start(&args.mosquitto_bin, true)?;
         let theirs = mqtt_latency(&broker.addr, n, rate, args.seconds).await?;
         drop(broker);
@@ -984,15 +1008,12 @@ async fn compare(args: &Args, server: &Server) -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     raise_open_file_limit(args.idle + args.clients.iter().sum::<usize>() + 1_000);
-    let server = start_server(&args.server_bin)?;
     if args.mode == "compare" {
-        let max_n = args.clients.iter().copied().max().unwrap_or(10);
-        let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
-        create_users(&mut admin, max_n).await?;
-        let json = compare(&args, &server).await?;
+        let json = compare(&args).await?;
         write_json(args.json.as_deref(), &json)?;
         return Ok(());
     }
+    let server = start_server(&args.server_bin)?;
     if args.mode == "files" {
         let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
         create_users(&mut admin, 4).await?;
