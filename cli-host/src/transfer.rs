@@ -202,8 +202,8 @@ pub async fn download(
     out.seek(SeekFrom::Start(start))?;
     // A disk without room says so before the transfer.
     casataa_file_sink::ensure_room(&out, info.size.saturating_sub(start))?;
-    // Writing and hashing run on a blocking thread beside the connection, which opens
-    // the next frames meanwhile: together they cost about as much as the decryption.
+    // Hashing and writing run on the sink's thread beside the connection, which opens
+    // the next frames meanwhile: together they cost more than the decryption.
     let sink = FileSink::start(out, hasher, Pace::BULK, ())?;
     let received = receive_chunks(client, id, &info, start, &sink, &mut progress).await;
     // The thread finishes what it was given, also when the connection failed, so the
