@@ -948,13 +948,8 @@ async fn mqtt_latency(broker: &str, n: usize, rate: u32, seconds: f64) -> anyhow
     Ok(Latency::from_samples(e2e, ack_samples, 0))
 }
 
-/// A server of its own for one measurement of `--mode compare`, with users `load0` to
-/// `load{n-1}`, as Mosquitto gets a broker of its own for each. Sharing one server
-/// across measurements made each measure the last one's leftovers: every message of the
-/// N = 10 run (some 70,000) was still unread by the 90 devices that first connect at
-/// N = 100, whose cursors start at 0, so that run measured their catch-up from SQLite
-/// (318-332k deliveries a second against 575-607k on a server of its own).
-async fn fresh_server(args: &Args, n: usize) -> anyhow::Result<Server> {
+/// A new server with users `load0` to `load{n-1}`, created by its admin `bench`.
+async fn server_with_users(args: &Args, n: usize) -> anyhow::Result<Server> {
     let server = start_server(&args.server_bin)?;
     let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
     create_users(&mut admin, n).await?;
@@ -962,7 +957,12 @@ async fn fresh_server(args: &Args, n: usize) -> anyhow::Result<Server> {
     Ok(server)
 }
 
-/// `--mode compare`: Casataa beside Mosquitto, pair by pair, each on a fresh server.
+/// `--mode compare`: Casataa beside Mosquitto, pair by pair, each measurement on a
+/// server of its own, as Mosquitto gets a broker of its own for each. Sharing one server
+/// across measurements made each measure the last one's leftovers: every message of the
+/// N = 10 run (some 70,000) was still unread by the 90 devices that first connect at
+/// N = 100, whose cursors start at 0, so that run measured their catch-up from SQLite
+/// (318-332k deliveries a second against 575-607k on a server of its own).
 async fn compare(args: &Args) -> anyhow::Result<String> {
     let mut json = String::from("{\n");
     println!("{:<52} {:>12} {:>12} {:>8}", "measurement", "casataa", "mosquitto", "ratio");
@@ -970,7 +970,7 @@ async fn compare(args: &Args) -> anyhow::Result<String> {
         println!("{what:<52} {ours:>9.1}{unit:>3} {theirs:>9.1}{unit:>3} {:>8.2}", ours / theirs);
     };
     for &n in &args.clients {
-        let server = fresh_server(args, n).await?;
+        let server = server_with_users(args, n).await?;
         let ours = throughput(&server.tcp, n, args.seconds).await?;
         drop(server);
         let broker = mqtt::Broker::start(&args.mosquitto_bin, false)?;
@@ -984,7 +984,7 @@ async fn compare(args: &Args) -> anyhow::Result<String> {
     }
     for &n in &args.clients {
         let rate = (args.offered_deliveries / n.max(1) as u32).max(1);
-        let server = fresh_server(args, n).await?;
+        let server = server_with_users(args, n).await?;
         let ours = latency(&server.tcp, n, rate, args.seconds).await?;
         drop(server);
         let broker = mqtt::Broker::start(&args.mosquitto_bin, true)?;
@@ -1013,18 +1013,15 @@ async fn main() -> anyhow::Result<()> {
         write_json(args.json.as_deref(), &json)?;
         return Ok(());
     }
-    let server = start_server(&args.server_bin)?;
     if args.mode == "files" {
-        let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
-        create_users(&mut admin, 4).await?;
+        let server = server_with_users(&args, 4).await?;
         println!("{:<44} {:>14}", "measurement", "value");
         let json = files_bench(&args, &server).await?;
         write_json(args.json.as_deref(), &json)?;
         return Ok(());
     }
     let max_n = args.clients.iter().copied().max().unwrap_or(10);
-    let mut admin = connect(&server.tcp, "bench", Secret::Passphrase(PASSPHRASE.into()), 99_999).await?;
-    create_users(&mut admin, max_n).await?;
+    let server = server_with_users(&args, max_n).await?;
     let key = user_key(&args.server_bin, &server.data, "load0")?;
 
     let mut json = String::from("{\n");
