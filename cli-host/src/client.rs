@@ -19,6 +19,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use casataa_file_sink::Turns;
 use casataa_proto::ClientSession;
 use casataa_proto::aead::{BatchError, FrameOpener, OpenError};
 use casataa_proto::ccm_mode::LANES;
@@ -173,6 +174,9 @@ pub struct Client {
     opened: VecDeque<BytesMut>,
     /// Why opening stopped, reported once the frames before it are handled.
     open_failed: Option<OpenError>,
+    /// Chunk bytes sealed or opened since the client last let the other tasks on its
+    /// thread run (a program that chats beside a transfer).
+    turns: Turns,
 }
 
 /// Bytes the client asks the socket for at once while a large frame is on the way (a
@@ -234,6 +238,7 @@ impl Client {
             opener: None,
             opened: VecDeque::new(),
             open_failed: None,
+            turns: Turns::default(),
         };
         let n = client.session.start(&mut client.out)?;
         client.write_frame(n).await?;
@@ -368,6 +373,7 @@ impl Client {
             if let Some(e) = self.open_failed.take() {
                 return Err(ClientError::Protocol(SessionError::Open(e)));
             }
+            self.turns.take_turn().await;
             let mut frames = Vec::new();
             while frames.len() < LANES {
                 match decode_stream(&self.inbox, FRAME_MAX)
@@ -395,6 +401,7 @@ impl Client {
                 frames.truncate(opened);
                 self.open_failed = Some(error);
             }
+            self.turns.count(frames.iter().map(|frame| frame.len()).sum());
             self.opened.extend(frames);
         }
     }
@@ -407,11 +414,13 @@ impl Client {
         loop {
             // First what a cancelled write left, then a round.
             self.write_wire().await?;
+            self.turns.take_turn().await;
             self.gather_control()?;
             let count = self.chunks.len().min(LANES);
             if count > 0 {
                 let taken: Vec<(FileId, u64, Vec<u8>)> = self.chunks.drain(..count).collect();
                 self.gather_chunks(&taken)?;
+                self.turns.count(taken.iter().map(|(_, _, data)| data.len()).sum());
             }
             if self.wire.is_empty() {
                 return Ok(());

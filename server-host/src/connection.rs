@@ -36,7 +36,7 @@ use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::files::{Disk, Download, FileSink, Pace, Upload, WINDOW, open_partial};
+use crate::files::{Disk, Download, FileSink, Pace, Turns, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Incoming, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
@@ -411,6 +411,9 @@ struct Live<'c> {
     /// Downloads stopped at the queue's high-water mark: more chunks go once it is
     /// written.
     downloads_blocked: bool,
+    /// Chunk bytes opened or queued for sealing since the session last let the other
+    /// sessions on its thread run.
+    turns: Turns,
 }
 
 async fn run_session(
@@ -500,6 +503,7 @@ impl<'c> Live<'c> {
             failed_uploads: std::collections::HashSet::new(),
             downloads: VecDeque::new(),
             downloads_blocked: false,
+            turns: Turns::default(),
         }))
     }
 }
@@ -592,6 +596,9 @@ impl Live<'_> {
                 let _ = self.send(&ServerMessage::Closing { reason });
                 return End::Closed(reason);
             }
+            // A transfer's crypto is done in turns, so that the chat sessions on this
+            // thread do not wait behind a socketful of chunks.
+            self.turns.take_turn().await;
             // What the last step queued goes out first: pulling more messages may wait
             // for SQLite (the welcome would wait behind an offline device's backlog).
             if let Err(e) = self.queue.write_some() {
@@ -625,6 +632,7 @@ impl Live<'_> {
                         last_heard = Instant::now();
                         ping_sent = false;
                         self.registration.mailbox.stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                        self.turns.count(frame.len());
                         Box::pin(self.on_frame(frame.freeze(), &mut pending)).await
                     }
                     Ok(None) => Err(End::Transport("closed by the client".into())),
@@ -1325,6 +1333,8 @@ impl Live<'_> {
                         read.map_err(|e| End::Transport(format!("cannot read file {id}: {e}")))?;
                     let data = chunk.get(..len).unwrap_or_default();
                     self.send(&ServerMessage::FileChunk(FileChunk { file: id, offset, data }))?;
+                    // Sealed when the queue is written, on this task.
+                    self.turns.count(len);
                     sent_any = true;
                 } else {
                     self.downloads.push_back(download);

@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use casataa_file_sink::FileHasher;
-pub use casataa_file_sink::{FileSink, Pace};
+pub use casataa_file_sink::{FileSink, Pace, Turns};
 use casataa_proto::types::{FileId, Sha256Digest, Target};
 
 /// Chunks a peer may have in flight beyond the last progress report.
