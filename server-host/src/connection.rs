@@ -596,14 +596,15 @@ impl Live<'_> {
                 let _ = self.send(&ServerMessage::Closing { reason });
                 return End::Closed(reason);
             }
-            // A transfer's crypto is done in turns, so that the chat sessions on this
-            // thread do not wait behind a socketful of chunks.
-            self.turns.take_turn().await;
             // What the last step queued goes out first: pulling more messages may wait
             // for SQLite (the welcome would wait behind an offline device's backlog).
             if let Err(e) = self.queue.write_some() {
                 return End::Transport(e.to_string());
             }
+            // A transfer's crypto is done in turns, so that the chat sessions on this
+            // thread do not wait behind a socketful of chunks (this session's own
+            // frames went out just above).
+            self.turns.take_turn().await;
             if self.backlog
                 && self.queue.has_room()
                 && let Err(end) = Box::pin(self.deliver_more()).await
