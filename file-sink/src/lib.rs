@@ -76,7 +76,7 @@ pub struct Pace {
     /// When the written bytes start their way to the disk.
     pub writeback: Writeback,
     /// Whether the thread runs in the idle scheduling class, so that the threads that
-    /// carry chat get a core first (see [`yield_to_chat`]).
+    /// carry chat get a core first (how, and where it cannot: `yield_to_chat`).
     pub yields_to_chat: bool,
 }
 
