@@ -53,7 +53,7 @@ use bytes::Bytes;
 mod digest;
 mod turns;
 pub use digest::FileHasher;
-pub use turns::{TURN_BYTES, Turns};
+pub use turns::Turns;
 
 /// Chunks a sink may have waiting: enough to keep its thread busy while the connection
 /// opens the next batch, few enough to bound memory; also the most one `writev` takes.
@@ -165,7 +165,7 @@ impl FileSink {
 
 /// How much nicer than its process a sink that yields to chat runs where it cannot
 /// take the idle policy ([`Pace::yields_to_chat`]).
-pub const YIELDING_NICE: i32 = 10;
+const YIELDING_NICE: i32 = 10;
 
 /// Puts the calling thread in Linux's idle scheduling class (`SCHED_IDLE`): a thread of
 /// the usual class that wakes up takes the core from it at once, where a nicer thread

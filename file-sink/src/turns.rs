@@ -14,7 +14,7 @@
 
 /// Bytes of chunk work (sealing, opening) a task does before it yields: a third of a
 /// millisecond of AES-CCM on the machines we measure, a few chunks.
-pub const TURN_BYTES: usize = 256 * 1024;
+const TURN_BYTES: usize = 256 * 1024;
 
 /// Counts one task's chunk work since it last yielded.
 #[derive(Debug, Default)]
