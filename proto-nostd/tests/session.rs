@@ -305,6 +305,29 @@ fn duplicate_deliveries_are_dropped_by_sequence_number() {
 }
 
 #[test]
+fn a_message_shown_again_under_a_new_number_is_dropped_by_its_client_id() {
+    // A server that showed a message before its commit and lost it (a crash, a full
+    // disk) stores the sender's resend under a new number.
+    let mut store = Store::default();
+    let mut link = Link::new(alice(1), alice_key(), known, 2);
+    link.connect();
+    link.pump(&mut store).unwrap();
+    link.client.queue_message(general(), "x".try_into().unwrap()).unwrap();
+    link.client_transmit();
+    link.pump(&mut store).unwrap();
+    let first = store.log[0].clone();
+    let again = ChatMessage { seq: first.seq + 4096, ..first.clone() };
+    let other = ChatMessage { seq: first.seq + 4097, client_id: first.client_id + 1, ..first.clone() };
+    let other_sender = ChatMessage { seq: first.seq + 4098, from: name("bob"), ..first.clone() };
+    for message in [first, again, other, other_sender] {
+        link.server_send(&ServerMessage::Deliver(message));
+    }
+    link.pump(&mut store).unwrap();
+    assert_eq!(link.delivered, vec![1, 4098, 4099], "shown once per (sender, client id)");
+    assert_eq!(link.client.delivered(), 4099, "the dropped copy is still acknowledged");
+}
+
+#[test]
 fn a_wrong_passphrase_fails_at_the_proof() {
     let mut store = Store::default();
     let wrong = derive_user_key("not alice's passphrase", &kdf());

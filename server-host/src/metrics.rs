@@ -129,7 +129,8 @@ pub struct Snapshot {
     pub queued_bytes: u64,
     /// The fullest outbound queue.
     pub queued_bytes_max: u64,
-    /// The newest message sequence number (messages stored so far).
+    /// The newest message's sequence number (not a count: numbers skip ahead after a
+    /// restart).
     pub latest_seq: u64,
 }
 
@@ -165,7 +166,12 @@ pub fn render(snapshot: &Snapshot, commits: &Histogram) -> String {
             "Bytes waiting in the fullest outbound queue.",
             snapshot.queued_bytes_max,
         ),
-        ("stored_messages", "gauge", "Sequence number of the newest stored message.", snapshot.latest_seq),
+        (
+            "stored_messages",
+            "gauge",
+            "Sequence number of the newest message written to the log.",
+            snapshot.latest_seq,
+        ),
     ];
     for (name, kind, help, value) in rows {
         let _ = writeln!(

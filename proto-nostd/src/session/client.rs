@@ -14,6 +14,11 @@
 //! After a disconnect, [`ClientSession::reconnect`] starts a new handshake and keeps
 //! the outbox (resent with the same ids) and the delivery watermark (duplicates
 //! dropped).
+//!
+//! Deliveries are dropped as duplicates by sequence number, and also by `(sender,
+//! client id)` among the last 16 shown: the server shows a message before
+//! its commit, so one lost with a crash or a failed commit comes back under a new
+//! number when its sender resends it.
 
 use crate::aead::{Direction, FrameOpener, FrameSealer, SealError, plaintext_range};
 use crate::ccm_mode::LANES;
@@ -65,8 +70,37 @@ enum State {
     Closed,
 }
 
+/// How many of the last shown deliveries are remembered by `(sender, client id)`.
+const SHOWN_MAX: usize = 16;
+
+/// The last deliveries shown, by `(sender, client id)`, oldest overwritten first.
+#[derive(Debug)]
+struct Shown {
+    ids: [Option<(Name, ClientMsgId)>; SHOWN_MAX],
+    next: usize,
+}
+
+impl Shown {
+    fn new() -> Self {
+        Self { ids: core::array::from_fn(|_| None), next: 0 }
+    }
+
+    /// Remembers the message; `false` if it is one of the last shown.
+    fn first_time(&mut self, from: &Name, client_id: ClientMsgId) -> bool {
+        if self.ids.iter().flatten().any(|(sender, id)| *id == client_id && sender == from) {
+            return false;
+        }
+        if let Some(slot) = self.ids.get_mut(self.next) {
+            *slot = Some((from.clone(), client_id));
+        }
+        self.next = (self.next + 1) % SHOWN_MAX;
+        true
+    }
+}
+
 /// The client side of one connection, and the state that outlives connections (outbox,
-/// delivery watermark, next message id). `OUTBOX` bounds unacknowledged messages.
+/// delivery watermark and the last shown ids, next message id). `OUTBOX` bounds
+/// unacknowledged messages.
 #[derive(Debug)]
 pub struct ClientSession<const OUTBOX: usize = OUTBOX_DEFAULT> {
     config: ClientConfig,
@@ -80,6 +114,7 @@ pub struct ClientSession<const OUTBOX: usize = OUTBOX_DEFAULT> {
     outbox: Outbox<OUTBOX>,
     next_client_id: ClientMsgId,
     delivered: Seq,
+    shown: Shown,
     acked: Seq,
     login_pending: bool,
     pong_pending: Option<u64>,
@@ -110,6 +145,7 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             outbox: Outbox::new(),
             next_client_id: first_client_id,
             delivered: 0,
+            shown: Shown::new(),
             acked: 0,
             login_pending: false,
             pong_pending: None,
@@ -261,6 +297,7 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             if self.server_id.is_some_and(|known| known != welcome.server_id) {
                 // Another server: its sequence numbers mean nothing next to ours.
                 self.delivered = 0;
+                self.shown = Shown::new();
             }
             self.server_id = Some(welcome.server_id);
             self.delivered = self.delivered.max(welcome.cursor);
@@ -282,6 +319,10 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
                 }
                 self.delivered = chat.seq;
                 self.unacked_deliveries = self.unacked_deliveries.saturating_add(1);
+                if !self.shown.first_time(&chat.from, chat.client_id) {
+                    // Acknowledged like any delivery, and not shown again.
+                    return Ok(None);
+                }
             }
             ServerMessage::Ping { nonce } => {
                 self.pong_pending = Some(*nonce);

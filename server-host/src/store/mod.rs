@@ -4,23 +4,27 @@
 //! it takes every job waiting in its queue, runs them in one transaction, commits once
 //! (one fsync, `synchronous = FULL`), and only then tells each job's caller. So a chat
 //! message is acknowledged only once it is on disk, and a burst of messages pays for
-//! one fsync, not one each. Reads run on Tokio's blocking pool with their own
-//! connections; WAL lets them proceed while the writer commits.
+//! one fsync, not one each. The sessions see a new message as soon as it is written,
+//! before the commit (`sequence.rs` says why that is safe). Reads run on Tokio's
+//! blocking pool with their own connections; WAL lets them proceed while the writer
+//! commits.
 
 mod backup;
 mod queries;
 mod schema;
+mod sequence;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::{fmt, thread};
 
-use casataa_proto::message::{ActivityEvent, ChatMessage};
+use casataa_proto::message::{ActivityEvent, ChatMessage, Content};
 use casataa_proto::types::{Seq, ServerId};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
 pub use self::backup::{BackupReport, DataDirLock, RestoreReport, backup, restore};
+use self::sequence::{Published, Sequencer};
 use crate::metrics::Histogram;
 
 pub use queries::{
@@ -33,20 +37,10 @@ pub use queries::{
     mark_stored, resumable_upload, touch_upload, usage,
 };
 
-/// Messages kept in memory after commit, so live delivery rarely reads SQLite.
-const RECENT_MAX: usize = 8192;
-
-/// The newest committed messages, in sequence order, without gaps: every committed
-/// message with `seq > covered_after` is here. Sessions that are caught up read from it;
-/// a session further behind (a device back from being offline) reads SQLite.
-#[derive(Debug, Default)]
-struct Recent {
-    messages: std::collections::VecDeque<Arc<ChatMessage>>,
-    covered_after: Seq,
-}
-
-/// Most jobs committed in one transaction.
+/// Most jobs committed in one transaction: fewer than the messages kept in memory, so
+/// every message published before its commit is among them.
 const BATCH_MAX: usize = 512;
+const _: () = assert!(BATCH_MAX < sequence::RECENT_MAX);
 /// Jobs waiting for the writer before callers wait for room.
 const QUEUE_MAX: usize = 8192;
 
@@ -103,10 +97,11 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// A job for the writer: runs inside the batch transaction, says whether it succeeded
-/// (a failed job's writes are rolled back to its savepoint) and returns what to do once
-/// the batch is committed or has failed.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+/// A job for the writer: runs inside the batch transaction (numbering and publishing
+/// the messages it writes), says whether it succeeded (a failed job's writes are rolled
+/// back to its savepoint) and returns what to do once the batch is committed or has
+/// failed.
+type Job = Box<dyn FnOnce(&Connection, &mut Sequencer) -> (bool, Completion) + Send>;
 type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
 /// The path of the database in a data directory.
@@ -133,8 +128,7 @@ struct Inner {
     path: PathBuf,
     jobs: mpsc::SyncSender<Job>,
     readers: Mutex<Vec<Connection>>,
-    latest: watch::Sender<Seq>,
-    recent: Mutex<Recent>,
+    published: Arc<Published>,
     server_id: ServerId,
     server_secret: [u8; 32],
     commit_latency: Arc<Histogram>,
@@ -155,25 +149,23 @@ impl Store {
         let conn = open_for_admin(data_dir, now)?;
         let server_id = queries::meta_bytes::<16>(&conn, "server_id")?;
         let server_secret = queries::meta_bytes::<32>(&conn, "server_secret")?;
-        let latest_seq = queries::latest_seq(&conn)?;
-        let (latest, _) = watch::channel(latest_seq);
+        let published = Arc::new(Published::new(queries::latest_seq(&conn)?));
+        let sequencer = Sequencer::open(&conn, Arc::clone(&published))?;
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_MAX);
-        let writer_latest = latest.clone();
         let commit_latency = Arc::new(Histogram::default());
         let writer_latency = Arc::clone(&commit_latency);
         // The thread ends when the last `Store` handle is dropped; `flush` waits for
         // everything queued before that.
         thread::Builder::new()
             .name("casataa-store-writer".into())
-            .spawn(move || run_writer(conn, queue, writer_latest, &writer_latency))
+            .spawn(move || run_writer(conn, queue, sequencer, &writer_latency))
             .map_err(StoreError::Io)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: database_path(data_dir),
                 jobs,
                 readers: Mutex::new(Vec::new()),
-                latest,
-                recent: Mutex::new(Recent { messages: Default::default(), covered_after: latest_seq }),
+                published,
                 server_id,
                 server_secret,
                 commit_latency,
@@ -197,9 +189,10 @@ impl Store {
         &self.inner.commit_latency
     }
 
-    /// The highest committed sequence number, and a way to wait for it to change.
+    /// The newest published sequence number (written, perhaps not yet committed), and
+    /// a way to wait for it to change.
     pub fn latest_seq(&self) -> watch::Receiver<Seq> {
-        self.inner.latest.subscribe()
+        self.inner.published.subscribe()
     }
 
     /// Runs `work` on the writer in the next batch and returns its result after the
@@ -209,31 +202,24 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.write_then(work, |_, _| {}).await
+        self.write_numbered(move |conn, _| work(conn)).await
     }
 
-    /// Like [`Self::write`], and runs `on_commit` on the writer thread right after the
-    /// commit, in commit order, before anyone is told (used to keep [`Recent`] in step
-    /// with the log).
-    async fn write_then<T, F, H>(&self, work: F, on_commit: H) -> Result<T, StoreError>
+    /// Like [`Self::write`], for work that numbers and publishes messages.
+    async fn write_numbered<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-        H: FnOnce(&Inner, &T) + Send + 'static,
+        F: FnOnce(&Connection, &mut Sequencer) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, result) = oneshot::channel();
-        let inner = Arc::clone(&self.inner);
-        let job: Job = Box::new(move |conn| {
-            let outcome = work(conn);
+        let job: Job = Box::new(move |conn, sequencer| {
+            let outcome = work(conn, sequencer);
             let succeeded = outcome.is_ok();
             let completion: Completion = Box::new(move |committed: Result<(), &StoreError>| {
                 let outcome = match committed {
                     Ok(()) => outcome,
                     Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
                 };
-                if let Ok(value) = &outcome {
-                    on_commit(&inner, value);
-                }
                 let _ = reply.send(outcome);
             });
             (succeeded, completion)
@@ -243,36 +229,37 @@ impl Store {
     }
 
     /// Appends a chat message, plus whatever `also` writes in the same transaction
-    /// (its activity entry); returns once both are on disk.
+    /// (its activity entry); returns once both are on disk. The sessions see a text
+    /// as soon as both are written, and a file announcement once they are committed
+    /// (it is downloadable from then on).
     pub async fn append_with<T, A>(&self, message: NewMessage, also: A) -> Result<(Appended, T), StoreError>
     where
         T: Send + 'static,
         A: FnOnce(&Connection, &NewMessage, &Appended) -> Result<T, StoreError> + Send + 'static,
     {
-        self.write_then(
-            move |conn| {
-                let appended = append(conn, &message)?;
-                let extra = also(conn, &message, &appended)?;
-                let stored = (!appended.duplicate).then(|| {
+        self.write_numbered(move |conn, sequencer| {
+            let appended = append(conn, &message, sequencer.next())?;
+            if !appended.duplicate {
+                sequencer.take();
+            }
+            let extra = also(conn, &message, &appended)?;
+            if !appended.duplicate {
+                let now = matches!(message.content, Content::Text(_));
+                sequencer.publish(
                     Arc::new(ChatMessage {
                         seq: appended.seq,
                         at: appended.at,
-                        from: message.sender.clone(),
-                        to: message.to.clone(),
+                        from: message.sender,
+                        to: message.to,
                         client_id: message.client_id,
-                        content: message.content.clone(),
-                    })
-                });
-                Ok((appended, extra, stored))
-            },
-            |inner, (_, _, stored)| {
-                if let Some(message) = stored {
-                    inner.remember(Arc::clone(message));
-                }
-            },
-        )
+                        content: message.content,
+                    }),
+                    now,
+                );
+            }
+            Ok((appended, extra))
+        })
         .await
-        .map(|(appended, extra, _)| (appended, extra))
     }
 
     /// Up to `limit` recent messages after `seq` that `wanted` accepts, or `None` if
@@ -281,14 +268,9 @@ impl Store {
         &self,
         seq: Seq,
         limit: usize,
-        mut wanted: impl FnMut(&ChatMessage) -> bool,
+        wanted: impl FnMut(&ChatMessage) -> bool,
     ) -> Option<Vec<Arc<ChatMessage>>> {
-        let recent = self.inner.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seq < recent.covered_after {
-            return None;
-        }
-        let start = recent.messages.partition_point(|m| m.seq <= seq);
-        Some(recent.messages.iter().skip(start).filter(|m| wanted(m)).take(limit).cloned().collect())
+        self.inner.published.after(seq, limit, wanted)
     }
 
     /// Like [`Self::write`], without waiting for the result (cursor moves).
@@ -296,7 +278,7 @@ impl Store {
     where
         F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
     {
-        let job: Job = Box::new(move |conn| {
+        let job: Job = Box::new(move |conn, _| {
             let result = work(conn);
             if let Err(e) = &result {
                 tracing::warn!("store write failed: {e}");
@@ -365,23 +347,11 @@ impl Store {
     }
 }
 
-impl Inner {
-    fn remember(&self, message: Arc<ChatMessage>) {
-        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if recent.messages.len() == RECENT_MAX
-            && let Some(evicted) = recent.messages.pop_front()
-        {
-            recent.covered_after = evicted.seq;
-        }
-        recent.messages.push_back(message);
-    }
-}
-
 /// The writer loop: one transaction per batch of waiting jobs.
 fn run_writer(
     mut conn: Connection,
     queue: mpsc::Receiver<Job>,
-    latest: watch::Sender<Seq>,
+    mut sequencer: Sequencer,
     latency: &Histogram,
 ) {
     while let Ok(first) = queue.recv() {
@@ -393,7 +363,7 @@ fn run_writer(
             }
         }
         let started = std::time::Instant::now();
-        let outcome = commit_batch(&mut conn, batch);
+        let outcome = commit_batch(&mut conn, &mut sequencer, batch);
         latency.record(started.elapsed());
         let (completions, result) = match outcome {
             Ok(completions) => (completions, Ok(())),
@@ -402,26 +372,19 @@ fn run_writer(
                 (completions, Err(e))
             }
         };
-        // Callers first (a sender hears "stored" before the delivery wakes anyone),
-        // then the sessions waiting for new messages.
+        match &result {
+            Ok(()) => sequencer.committed(),
+            Err(_) => sequencer.failed(),
+        }
         for completion in completions {
             completion(result.as_ref().map(|_| ()));
-        }
-        if result.is_ok()
-            && let Ok(seq) = queries::latest_seq(&conn)
-        {
-            latest.send_if_modified(|current| {
-                let changed = seq > *current;
-                *current = (*current).max(seq);
-                changed
-            });
         }
     }
 }
 
 type BatchOutcome = Result<Vec<Completion>, (Vec<Completion>, StoreError)>;
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>) -> BatchOutcome {
+fn commit_batch(conn: &mut Connection, sequencer: &mut Sequencer, batch: Vec<Job>) -> BatchOutcome {
     // IMMEDIATE: take the write lock at BEGIN, waiting (busy timeout) for another
     // process such as `casataa-server user add`. A deferred transaction that upgrades
     // to writing while another writer holds the lock fails at once instead.
@@ -430,6 +393,10 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) -> BatchOutcome {
         // The jobs are dropped unrun; their callers see the store as closed.
         Err(e) => return Err((Vec::new(), e.into())),
     };
+    if let Err(e) = sequencer.reserve_ahead(&tx) {
+        // The batch's messages are then shown once it commits instead of before.
+        tracing::warn!("cannot reserve sequence numbers ahead: {e}");
+    }
     let mut completions = Vec::with_capacity(batch.len());
     // The writer's statements are prepared once and kept (`prepare_cached`): parsing
     // them again for every job was a fifth of the writer's time at 1,000 clients.
@@ -440,7 +407,7 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) -> BatchOutcome {
         if let Err(e) = run("SAVEPOINT job") {
             return Err((completions, e.into()));
         }
-        let (succeeded, completion) = job(&tx);
+        let (succeeded, completion) = job(&tx, sequencer);
         completions.push(completion);
         let ended = if succeeded {
             run("RELEASE job")
@@ -459,6 +426,9 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) -> BatchOutcome {
 
 #[cfg(test)]
 mod tests {
+    use casataa_proto::message::FileInfo;
+    use casataa_proto::types::{Name, Target};
+
     use super::*;
 
     fn insert_meta(conn: &Connection, key: &str) -> Result<(), StoreError> {
@@ -466,10 +436,140 @@ mod tests {
         Ok(())
     }
 
+    fn fresh_dir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("casataa-store-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn hello(client_id: u64) -> NewMessage {
+        NewMessage {
+            sender: Name::new("alice").unwrap(),
+            client_id,
+            to: Target::Room(Name::new(GENERAL).unwrap()),
+            content: Content::Text("hello".try_into().unwrap()),
+            at: 1,
+        }
+    }
+
+    fn announcement(file: u64) -> NewMessage {
+        let info = FileInfo { id: file, name: "a.txt".try_into().unwrap(), size: 1, sha256: [0; 32] };
+        NewMessage { client_id: (1 << 63) | file, content: Content::File(info), ..hello(0) }
+    }
+
+    async fn stored_messages(store: &Store) -> i64 {
+        store
+            .read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM messages", [], |row| row.get(0))?))
+            .await
+            .unwrap()
+    }
+
+    async fn reserved(store: &Store) -> Seq {
+        store.read(sequence::reserved_on_disk).await.unwrap()
+    }
+
+    /// A job that tells when the writer runs it, and holds the writer until released.
+    fn holding_job(store: &Store) -> (oneshot::Receiver<()>, mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (entered, running) = oneshot::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let store = store.clone();
+        let job = tokio::spawn(async move {
+            store
+                .write(move |_| {
+                    let _ = entered.send(());
+                    let _ = released.recv();
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        });
+        (running, release, job)
+    }
+
+    /// Appends `message` in a batch the writer holds after it, and returns what the
+    /// sessions and SQLite saw while it was held: (the published numbers, the number of
+    /// messages in SQLite), then the message's number once committed.
+    async fn seen_before_commit(message: NewMessage) -> ((Vec<Seq>, i64), Seq) {
+        let dir = fresh_dir(&format!("early-{}", message.client_id));
+        let store = Store::open(&dir, 1).unwrap();
+        let before = *store.latest_seq().borrow();
+        // The writer is held in a first batch while the message and a second holding
+        // job queue behind it: both then run in the next batch, the message first.
+        let (first_running, release_first, first) = holding_job(&store);
+        first_running.await.unwrap();
+        let appending = store.clone();
+        let append = tokio::spawn(async move { appending.append_with(message, |_, _, _| Ok(())).await });
+        let (second_running, release_second, second) = holding_job(&store);
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        release_first.send(()).unwrap();
+        second_running.await.unwrap();
+
+        let shown: Vec<Seq> =
+            store.recent_after(before, 10, |_| true).unwrap().iter().map(|m| m.seq).collect();
+        assert_eq!(*store.latest_seq().borrow(), shown.last().copied().unwrap_or(before));
+        let seen = (shown, stored_messages(&store).await);
+        assert!(!append.is_finished(), "the sender hears only after the commit");
+
+        release_second.send(()).unwrap();
+        let (appended, ()) = append.await.unwrap().unwrap();
+        assert_eq!(stored_messages(&store).await, 1);
+        assert_eq!(store.recent_after(before, 10, |_| true).unwrap().len(), 1);
+        assert_eq!(*store.latest_seq().borrow(), appended.seq);
+        first.await.unwrap();
+        second.await.unwrap();
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+        (seen, appended.seq)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_text_is_shown_once_written_and_its_sender_hears_once_committed() {
+        let ((shown, in_sqlite), seq) = seen_before_commit(hello(7)).await;
+        assert_eq!((shown, in_sqlite), (vec![seq], 0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_file_announcement_is_shown_only_once_committed() {
+        let ((shown, in_sqlite), _) = seen_before_commit(announcement(3)).await;
+        assert_eq!((shown, in_sqlite), (vec![], 0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn numbers_continue_above_any_a_killed_server_could_have_shown() {
+        let dir = fresh_dir("reserve");
+        let store = Store::open(&dir, 1).unwrap();
+        let (first, ()) = store.append_with(hello(1), |_, _, _| Ok(())).await.unwrap();
+        let reserved_at_first = reserved(&store).await;
+        assert!(reserved_at_first >= first.seq + sequence::RESERVE - 1, "{reserved_at_first}");
+        // Half of the reservation used: it is raised ahead on disk.
+        let more = (2..=sequence::RESERVE / 2 + 1).map(|id| store.append_with(hello(id), |_, _, _| Ok(())));
+        let appended = futures_util::future::try_join_all(more).await.unwrap();
+        let last = appended.iter().map(|(a, ())| a.seq).max().unwrap();
+        store.flush().await.unwrap();
+        let raised = reserved(&store).await;
+        assert!(
+            raised > reserved_at_first && raised >= last + sequence::RESERVE / 2,
+            "{raised} after {last}"
+        );
+        // Dropped without a word, as a kill would: the next server starts above the
+        // reservation, whatever the last one showed before committing.
+        drop(store);
+        let store = Store::open(&dir, 1).unwrap();
+        assert_eq!(*store.latest_seq().borrow(), last);
+        let (next, ()) = store.append_with(hello(9_999), |_, _, _| Ok(())).await.unwrap();
+        assert_eq!(next.seq, raised + 1);
+        // A resend of a stored message keeps its number.
+        let (again, ()) = store.append_with(hello(1), |_, _, _| Ok(())).await.unwrap();
+        assert_eq!((again.seq, again.duplicate), (first.seq, true));
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_failed_job_leaves_nothing_and_the_jobs_beside_it_still_commit() {
-        let dir = std::env::temp_dir().join(format!("casataa-store-jobs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("jobs");
         let store = Store::open(&dir, 1).unwrap();
         // Several rounds: the writer's cached savepoint statements are used again
         // after a rollback as well as after a release.

@@ -233,8 +233,8 @@ fn pair_key(a: &str, b: &str) -> String {
     if a <= b { format!("{a} {b}") } else { format!("{b} {a}") }
 }
 
-/// Appends a message, or finds the earlier copy of the same client id.
-pub fn append(conn: &Connection, message: &NewMessage) -> Result<Appended, StoreError> {
+/// Appends a message as number `seq`, or finds the earlier copy of the same client id.
+pub fn append(conn: &Connection, message: &NewMessage, seq: Seq) -> Result<Appended, StoreError> {
     let existing: Option<(i64, i64)> = conn
         .prepare_cached("SELECT seq, at FROM messages WHERE sender = ?1 AND client_id = ?2")?
         .query_row(params![message.sender.as_str(), message.client_id as i64], |row| {
@@ -254,10 +254,11 @@ pub fn append(conn: &Connection, message: &NewMessage) -> Result<Appended, Store
         .len();
     content.truncate(used);
     conn.prepare_cached(
-        "INSERT INTO messages (at, sender, client_id, room, dm_to, dm_pair, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO messages (seq, at, sender, client_id, room, dm_to, dm_pair, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
+        i64::try_from(seq).map_err(|_| StoreError::Corrupt("sequence numbers ran out".into()))?,
         message.at as i64,
         message.sender.as_str(),
         message.client_id as i64,
@@ -266,7 +267,7 @@ pub fn append(conn: &Connection, message: &NewMessage) -> Result<Appended, Store
         dm_pair,
         content
     ])?;
-    Ok(Appended { seq: conn.last_insert_rowid() as Seq, at: message.at, duplicate: false })
+    Ok(Appended { seq, at: message.at, duplicate: false })
 }
 
 const MESSAGE_COLUMNS: &str = "seq, at, sender, client_id, room, dm_to, content";
