@@ -288,8 +288,8 @@ fn the_outbox_resends_after_a_disconnect_and_each_message_is_stored_once() {
     assert_eq!(link.client.delivered(), 4);
 }
 
-#[test]
-fn duplicate_deliveries_are_dropped_by_sequence_number() {
+/// Alice's session with one message of hers stored.
+fn one_message_stored() -> (Store, Link, ChatMessage) {
     let mut store = Store::default();
     let mut link = Link::new(alice(1), alice_key(), known, 2);
     link.connect();
@@ -298,6 +298,12 @@ fn duplicate_deliveries_are_dropped_by_sequence_number() {
     link.client_transmit();
     link.pump(&mut store).unwrap();
     let message = store.log[0].clone();
+    (store, link, message)
+}
+
+#[test]
+fn duplicate_deliveries_are_dropped_by_sequence_number() {
+    let (mut store, mut link, message) = one_message_stored();
     link.server_send(&ServerMessage::Deliver(message.clone()));
     link.server_send(&ServerMessage::Deliver(message));
     link.pump(&mut store).unwrap();
@@ -308,14 +314,7 @@ fn duplicate_deliveries_are_dropped_by_sequence_number() {
 fn a_message_shown_again_under_a_new_number_is_dropped_by_its_client_id() {
     // A server that showed a message before its commit and lost it (a crash, a full
     // disk) stores the sender's resend under a new number.
-    let mut store = Store::default();
-    let mut link = Link::new(alice(1), alice_key(), known, 2);
-    link.connect();
-    link.pump(&mut store).unwrap();
-    link.client.queue_message(general(), "x".try_into().unwrap()).unwrap();
-    link.client_transmit();
-    link.pump(&mut store).unwrap();
-    let first = store.log[0].clone();
+    let (mut store, mut link, first) = one_message_stored();
     let again = ChatMessage { seq: first.seq + 4096, ..first.clone() };
     let other = ChatMessage { seq: first.seq + 4097, client_id: first.client_id + 1, ..first.clone() };
     let other_sender = ChatMessage { seq: first.seq + 4098, from: name("bob"), ..first.clone() };
