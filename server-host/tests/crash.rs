@@ -1,9 +1,10 @@
 //! Crash consistency: a multi-client send load, the server killed with SIGKILL at
 //! random moments and restarted, many times over. After every cycle each message the
 //! server acknowledged is there exactly once, with the sequence number it was
-//! acknowledged with, delivered in order; direct messages to a user who never came
-//! online all wait for them at the end. An upload in progress through kills resumes and
-//! verifies.
+//! acknowledged with, delivered in order; a number a live reader was shown before the
+//! kill (the server shows messages before their commit) is never given to another
+//! message; direct messages to a user who never came online all wait for them at the
+//! end. An upload in progress through kills resumes and verifies.
 //!
 //! `CASATAA_CRASH_CYCLES` sets the number of cycles (default 20, the CI variant);
 //! `CASATAA_CRASH_SEED` replays a run's kill moments.
@@ -98,6 +99,24 @@ async fn read_until(
     messages
 }
 
+/// Reads deliveries, as numbers and bodies, until the connection breaks.
+fn live_reader(mut client: Client) -> tokio::task::JoinHandle<Vec<(Seq, String)>> {
+    tokio::spawn(async move {
+        let mut shown = Vec::new();
+        while let Ok(event) = client.next_event().await {
+            if let Event::Message(ServerMessage::Deliver(ChatMessage {
+                seq,
+                content: Content::Text(body),
+                ..
+            })) = event
+            {
+                shown.push((seq, body.to_string()));
+            }
+        }
+        shown
+    })
+}
+
 /// Checks a catch-up: increasing sequence numbers, and each acknowledged message
 /// present once, under the number it was acknowledged with.
 fn check(
@@ -136,8 +155,12 @@ async fn acknowledged_messages_survive_sigkill_at_random_moments() {
     let acked: Acked = Arc::default();
     let dm_acked: Acked = Arc::default();
     let mut seen = HashMap::new();
+    // Every number a live reader was shown, with its body, over all cycles: a number
+    // given again after a kill shows in a later cycle's catch-up.
+    let mut shown_live: HashMap<Seq, String> = HashMap::new();
 
     for cycle in 0..cycles {
+        let live = live_reader(server.connect_device("reader", "pr", [0x43; 16]).await.unwrap());
         let mut tasks = Vec::new();
         for sender in SENDERS {
             let client = server.connect(sender, "pw").await.unwrap();
@@ -149,6 +172,8 @@ async fn acknowledged_messages_survive_sigkill_at_random_moments() {
         for task in tasks {
             timeout(Duration::from_secs(10), task).await.expect("senders notice the kill").unwrap();
         }
+        let live =
+            timeout(Duration::from_secs(10), live).await.expect("the reader notices the kill").unwrap();
         server.spawn();
 
         // After every cycle: the reader's device catches up on the room.
@@ -157,6 +182,17 @@ async fn acknowledged_messages_survive_sigkill_at_random_moments() {
         if until > 0 {
             let messages = read_until(&server, "reader", "pr", [0x42; 16], until).await;
             check(&format!("cycle {cycle}"), &messages, &acked_now, &mut seen);
+        }
+        // What a live reader was shown keeps its number: the message under it now, if
+        // any (one shown but not committed before its kill is gone), is the same.
+        shown_live.extend(live);
+        for (body, seq) in &seen {
+            if let Some(shown) = shown_live.get(seq) {
+                assert_eq!(
+                    shown, body,
+                    "cycle {cycle}: #{seq} was shown live as {shown:?} and is now {body:?}"
+                );
+            }
         }
     }
 
@@ -169,9 +205,10 @@ async fn acknowledged_messages_survive_sigkill_at_random_moments() {
     check("offline recipient", &messages, &dms, &mut seen_dms);
     let room_messages = acked.lock().unwrap().len();
     println!(
-        "crash test: {cycles} SIGKILL cycles (seed {seed}), {room_messages} acknowledged room messages and {} \
-         direct messages to an offline user checked",
-        dms.len()
+        "crash test: {cycles} SIGKILL cycles (seed {seed}), {room_messages} acknowledged room messages, {} \
+         direct messages to an offline user and {} live deliveries checked",
+        dms.len(),
+        shown_live.len()
     );
 }
 
