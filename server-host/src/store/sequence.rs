@@ -196,3 +196,92 @@ fn set_reserved(conn: &Connection, seq: Seq) -> Result<(), StoreError> {
         .execute(params![RESERVED_KEY, seq])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use casataa_proto::message::{Content, FileInfo};
+    use casataa_proto::types::{Name, Target};
+
+    use super::*;
+
+    fn message(seq: Seq, content: Content) -> Arc<ChatMessage> {
+        Arc::new(ChatMessage {
+            seq,
+            at: 1,
+            from: Name::new("alice").unwrap(),
+            to: Target::Room(Name::new("general").unwrap()),
+            client_id: seq,
+            content,
+        })
+    }
+
+    fn text(seq: Seq) -> Arc<ChatMessage> {
+        message(seq, Content::Text("hi".try_into().unwrap()))
+    }
+
+    fn shown(published: &Published) -> Vec<Seq> {
+        published.after(0, 100, |_| true).unwrap().iter().map(|m| m.seq).collect()
+    }
+
+    /// A sequencer on a fresh store, and what it publishes to.
+    fn sequencer(what: &str) -> (Connection, Sequencer, Arc<Published>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("casataa-sequence-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let conn = super::super::open_for_admin(&dir, 1).unwrap();
+        let published = Arc::new(Published::new(0));
+        let sequencer = Sequencer::open(&conn, Arc::clone(&published)).unwrap();
+        (conn, sequencer, published, dir)
+    }
+
+    #[test]
+    fn past_the_reservation_on_disk_a_message_and_every_later_one_wait_for_the_commit() {
+        let (_conn, mut sequencer, published, dir) = sequencer("held");
+        assert_eq!((sequencer.next(), sequencer.reserved), (1, RESERVE));
+        // The last reserved number is shown at once; the two after it are not.
+        sequencer.next = RESERVE;
+        for seq in RESERVE..RESERVE + 3 {
+            sequencer.take();
+            sequencer.publish(text(seq), true);
+        }
+        assert_eq!(shown(&published), [RESERVE]);
+        assert_eq!(*published.subscribe().borrow(), RESERVE);
+        sequencer.committed();
+        assert_eq!(shown(&published), [RESERVE, RESERVE + 1, RESERVE + 2]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_announcement_holds_the_texts_after_it_and_a_failed_batch_shows_none_of_them() {
+        let (_conn, mut sequencer, published, dir) = sequencer("announcement");
+        let info = FileInfo { id: 1, name: "a".try_into().unwrap(), size: 1, sha256: [0; 32] };
+        sequencer.publish(text(1), true);
+        sequencer.publish(message(2, Content::File(info)), false);
+        sequencer.publish(text(3), true);
+        assert_eq!(shown(&published), [1]);
+        sequencer.failed();
+        assert_eq!(shown(&published), [1]);
+        // The next batch starts with nothing held.
+        sequencer.publish(text(4), true);
+        assert_eq!(shown(&published), [1, 4]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_raise_holds_only_once_its_batch_commits() {
+        let (conn, mut sequencer, _published, dir) = sequencer("raise");
+        sequencer.next = RESERVE / 2 + 1;
+        sequencer.reserve_ahead(&conn).unwrap();
+        let raised = RESERVE / 2 + RESERVE;
+        assert_eq!((sequencer.raising, reserved_on_disk(&conn).unwrap()), (Some(raised), raised));
+        sequencer.failed();
+        assert_eq!((sequencer.raising, sequencer.reserved), (None, RESERVE));
+        sequencer.reserve_ahead(&conn).unwrap();
+        sequencer.committed();
+        assert_eq!((sequencer.raising, sequencer.reserved), (None, raised));
+        // Well inside the reservation, nothing is written.
+        conn.execute("UPDATE meta SET value = 0 WHERE key = ?1", [RESERVED_KEY]).unwrap();
+        sequencer.reserve_ahead(&conn).unwrap();
+        assert_eq!((sequencer.raising, reserved_on_disk(&conn).unwrap()), (None, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
