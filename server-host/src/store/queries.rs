@@ -233,6 +233,11 @@ fn pair_key(a: &str, b: &str) -> String {
     if a <= b { format!("{a} {b}") } else { format!("{b} {a}") }
 }
 
+/// A sequence number as SQLite stores it.
+pub(crate) fn seq_to_sql(seq: Seq) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::Corrupt("sequence numbers ran out".into()))
+}
+
 /// Appends a message as number `seq`, or finds the earlier copy of the same client id.
 pub fn append(conn: &Connection, message: &NewMessage, seq: Seq) -> Result<Appended, StoreError> {
     let existing: Option<(i64, i64)> = conn
@@ -258,7 +263,7 @@ pub fn append(conn: &Connection, message: &NewMessage, seq: Seq) -> Result<Appen
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-        i64::try_from(seq).map_err(|_| StoreError::Corrupt("sequence numbers ran out".into()))?,
+        seq_to_sql(seq)?,
         message.at as i64,
         message.sender.as_str(),
         message.client_id as i64,

@@ -191,9 +191,8 @@ pub(super) fn reserved_on_disk(conn: &Connection) -> Result<Seq, StoreError> {
 }
 
 fn set_reserved(conn: &Connection, seq: Seq) -> Result<(), StoreError> {
-    let seq = i64::try_from(seq).map_err(|_| StoreError::Corrupt("sequence numbers ran out".into()))?;
     conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
-        .execute(params![RESERVED_KEY, seq])?;
+        .execute(params![RESERVED_KEY, queries::seq_to_sql(seq)?])?;
     Ok(())
 }
 
