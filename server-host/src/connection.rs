@@ -724,22 +724,20 @@ impl Live<'_> {
                 Target::User(peer) => peer == user || &m.from == user,
             });
             // Encoded from where the messages are kept: no copy of each message.
-            let batch: Vec<Arc<ChatMessage>> = match recent {
-                Some(messages) => messages,
-                None => self
-                    .ctx
-                    .hub
-                    .store()
-                    .messages_for(self.user.to_string(), self.sent_up_to, PULL_BATCH)
-                    .await?
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect(),
+            let (batch, read_through): (Vec<Arc<ChatMessage>>, _) = match recent {
+                Ok(messages) => (messages, None),
+                // Only as far as SQLite holds every message: beyond that, messages
+                // numbered earlier may still be written after later ones.
+                Err(up_to) => {
+                    let read = self
+                        .ctx
+                        .hub
+                        .store()
+                        .messages_for(self.user.to_string(), self.sent_up_to, up_to, PULL_BATCH)
+                        .await?;
+                    (read.into_iter().map(Arc::new).collect(), Some(up_to))
+                }
             };
-            if batch.is_empty() {
-                self.backlog = false;
-                return Ok(());
-            }
             // Queued while there is room, so the queue stays near its low-water mark
             // however large the messages: the rest are pulled again next time.
             let mut delivered = 0;
@@ -752,11 +750,18 @@ impl Live<'_> {
                 delivered += 1;
             }
             self.registration.mailbox.stats.deliveries.fetch_add(delivered as u64, Ordering::Relaxed);
-            // A short batch, all of it queued: caught up, without asking again. A
-            // message committed since then changes `latest_seq` again.
-            if delivered == batch.len() && delivered < PULL_BATCH {
-                self.backlog = false;
-                return Ok(());
+            let short = delivered == batch.len() && delivered < PULL_BATCH;
+            match read_through {
+                // Nothing more for this user in SQLite up to there: the recent
+                // messages next.
+                Some(up_to) if short => self.sent_up_to = self.sent_up_to.max(up_to),
+                // A short batch, all of it queued: caught up, without asking again. A
+                // message shown since then changes `latest_seq` again.
+                None if short => {
+                    self.backlog = false;
+                    return Ok(());
+                }
+                _ => {}
             }
         }
         self.backlog = true;

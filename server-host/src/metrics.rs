@@ -169,7 +169,7 @@ pub fn render(snapshot: &Snapshot, commits: &Histogram) -> String {
         (
             "stored_messages",
             "gauge",
-            "Sequence number of the newest message written to the log.",
+            "Sequence number of the newest message sessions may deliver (numbers skip; it may not be committed yet).",
             snapshot.latest_seq,
         ),
     ];

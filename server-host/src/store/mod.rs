@@ -4,10 +4,10 @@
 //! it takes every job waiting in its queue, runs them in one transaction, commits once
 //! (one fsync, `synchronous = FULL`), and only then tells each job's caller. So a chat
 //! message is acknowledged only once it is on disk, and a burst of messages pays for
-//! one fsync, not one each. The sessions see a new message as soon as it is written,
-//! before the commit (`sequence.rs` says why that is safe). Reads run on Tokio's
-//! blocking pool with their own connections; WAL lets them proceed while the writer
-//! commits.
+//! one fsync, not one each. Messages are numbered when they are queued, and the
+//! sessions see a new text at once, before the writer has even run its job
+//! (`sequence.rs` says why that is safe). Reads run on Tokio's blocking pool with
+//! their own connections; WAL lets them proceed while the writer commits.
 
 mod backup;
 mod queries;
@@ -15,16 +15,16 @@ mod schema;
 mod sequence;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::{fmt, thread};
 
 use casataa_proto::message::{ActivityEvent, ChatMessage, Content};
 use casataa_proto::types::{Seq, ServerId};
 use rusqlite::Connection;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 pub use self::backup::{BackupReport, DataDirLock, RestoreReport, backup, restore};
-use self::sequence::{Published, Sequencer};
+use self::sequence::{Outcome, Published, Settled, Start};
 use crate::metrics::Histogram;
 
 pub use queries::{
@@ -37,11 +37,9 @@ pub use queries::{
     mark_stored, resumable_upload, touch_upload, usage,
 };
 
-/// Most jobs committed in one transaction: fewer than the messages kept in memory, so
-/// every message published before its commit is among them.
+/// Most jobs committed in one transaction.
 const BATCH_MAX: usize = 512;
-const _: () = assert!(BATCH_MAX < sequence::RECENT_MAX);
-/// Jobs waiting for the writer before callers wait for room.
+/// Jobs queued or in the batch being written before callers wait for room.
 const QUEUE_MAX: usize = 8192;
 
 /// What went wrong in the store.
@@ -97,11 +95,20 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// A job for the writer: runs inside the batch transaction (numbering and publishing
-/// the messages it writes), says whether it succeeded (a failed job's writes are rolled
-/// back to its savepoint) and returns what to do once the batch is committed or has
-/// failed.
-type Job = Box<dyn FnOnce(&Connection, &mut Sequencer) -> (bool, Completion) + Send>;
+/// A job for the writer.
+struct Job {
+    /// Runs inside the batch transaction, says whether it succeeded (a failed job's
+    /// writes are rolled back to its savepoint), what to do once the batch is committed
+    /// or has failed, and what it decided for its message's number.
+    work: Work,
+    /// The number the job's message took when it was queued, and its key among the
+    /// queued messages.
+    numbered: Option<(Seq, u64)>,
+    /// Its place in the queue, given back once its batch has ended.
+    _room: OwnedSemaphorePermit,
+}
+
+type Work = Box<dyn FnOnce(&Connection) -> (bool, Completion, Option<Outcome>) + Send>;
 type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
 /// The path of the database in a data directory.
@@ -126,7 +133,9 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
-    jobs: mpsc::SyncSender<Job>,
+    jobs: mpsc::Sender<Job>,
+    /// Places in the writer's queue (`QUEUE_MAX`).
+    room: Arc<Semaphore>,
     readers: Mutex<Vec<Connection>>,
     published: Arc<Published>,
     server_id: ServerId,
@@ -149,21 +158,22 @@ impl Store {
         let conn = open_for_admin(data_dir, now)?;
         let server_id = queries::meta_bytes::<16>(&conn, "server_id")?;
         let server_secret = queries::meta_bytes::<32>(&conn, "server_secret")?;
-        let published = Arc::new(Published::new(queries::latest_seq(&conn)?));
-        let sequencer = Sequencer::open(&conn, Arc::clone(&published))?;
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_MAX);
+        let published = Arc::new(Published::open(&conn)?);
+        let writer_published = Arc::clone(&published);
+        let (jobs, queue) = mpsc::channel::<Job>();
         let commit_latency = Arc::new(Histogram::default());
         let writer_latency = Arc::clone(&commit_latency);
         // The thread ends when the last `Store` handle is dropped; `flush` waits for
         // everything queued before that.
         thread::Builder::new()
             .name("casataa-store-writer".into())
-            .spawn(move || run_writer(conn, queue, sequencer, &writer_latency))
+            .spawn(move || run_writer(conn, queue, &writer_published, &writer_latency))
             .map_err(StoreError::Io)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: database_path(data_dir),
                 jobs,
+                room: Arc::new(Semaphore::new(QUEUE_MAX)),
                 readers: Mutex::new(Vec::new()),
                 published,
                 server_id,
@@ -189,8 +199,8 @@ impl Store {
         &self.inner.commit_latency
     }
 
-    /// The newest published sequence number (written, perhaps not yet committed), and
-    /// a way to wait for it to change.
+    /// The newest sequence number sessions may read up to (shown, perhaps not yet
+    /// committed), and a way to wait for it to change.
     pub fn latest_seq(&self) -> watch::Receiver<Seq> {
         self.inner.published.subscribe()
     }
@@ -202,74 +212,91 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.write_numbered(move |conn, _| work(conn)).await
-    }
-
-    /// Like [`Self::write`], for work that numbers and publishes messages.
-    async fn write_numbered<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection, &mut Sequencer) -> Result<T, StoreError> + Send + 'static,
-    {
         let (reply, result) = oneshot::channel();
-        let job: Job = Box::new(move |conn, sequencer| {
-            let outcome = work(conn, sequencer);
-            let succeeded = outcome.is_ok();
-            let completion: Completion = Box::new(move |committed: Result<(), &StoreError>| {
-                let outcome = match committed {
-                    Ok(()) => outcome,
-                    Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
-                };
-                let _ = reply.send(outcome);
-            });
-            (succeeded, completion)
+        let work: Work = Box::new(move |conn| {
+            let outcome = work(conn);
+            (outcome.is_ok(), replying(reply, outcome), None)
         });
-        self.submit(job).await?;
+        let room = self.room().await?;
+        self.inner.jobs.send(Job { work, numbered: None, _room: room }).map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Appends a chat message, plus whatever `also` writes in the same transaction
-    /// (its activity entry); returns once both are on disk. The sessions see a text
-    /// as soon as both are written, and a file announcement once they are committed
-    /// (it is downloadable from then on).
+    /// (its activity entry); returns once both are on disk.
+    ///
+    /// The message is numbered now. A new text is shown to the sessions at once; a text
+    /// that may be a resend once the writer has looked for its earlier copy (and only if
+    /// there is none); a file announcement once committed (it is downloadable from then
+    /// on).
     pub async fn append_with<T, A>(&self, message: NewMessage, also: A) -> Result<(Appended, T), StoreError>
     where
         T: Send + 'static,
         A: FnOnce(&Connection, &NewMessage, &Appended) -> Result<T, StoreError> + Send + 'static,
     {
-        self.write_numbered(move |conn, sequencer| {
-            let appended = append(conn, &message, sequencer.next())?;
-            if !appended.duplicate {
-                sequencer.take();
-            }
-            let extra = also(conn, &message, &appended)?;
-            if !appended.duplicate {
-                let now = matches!(message.content, Content::Text(_));
-                sequencer.publish(
-                    Arc::new(ChatMessage {
-                        seq: appended.seq,
-                        at: appended.at,
-                        from: message.sender,
-                        to: message.to,
-                        client_id: message.client_id,
-                        content: message.content,
-                    }),
-                    now,
-                );
-            }
-            Ok((appended, extra))
-        })
-        .await
+        let room = self.room().await?;
+        let (reply, result) = oneshot::channel();
+        let published = &self.inner.published;
+        let key = published.key(&message.sender, message.client_id);
+        let is_text = matches!(message.content, Content::Text(_));
+        // Held from the look for an earlier copy until the message is numbered.
+        let looking = is_text.then(|| published.looking());
+        let new_text = is_text && self.committed_copy(&message) == Some(false);
+        let jobs = &self.inner.jobs;
+        published.number(key, new_text, move |seq, start| {
+            let shown = (start == Start::Shown).then(|| Arc::new(chat_message(&message, seq, message.at)));
+            let kept = shown.is_some();
+            let work: Work = Box::new(move |conn| {
+                let outcome = append(conn, &message, seq).and_then(|appended| {
+                    let extra = also(conn, &message, &appended)?;
+                    Ok((appended, extra))
+                });
+                let decided = match &outcome {
+                    Ok((appended, _)) if !appended.duplicate => {
+                        if kept {
+                            Outcome::Kept
+                        } else {
+                            let message = Arc::new(chat_message(&message, seq, appended.at));
+                            Outcome::Written(message, is_text)
+                        }
+                    }
+                    _ => Outcome::Burned,
+                };
+                (outcome.is_ok(), replying(reply, outcome), Some(decided))
+            });
+            jobs.send(Job { work, numbered: Some((seq, key)), _room: room })
+                .map_err(|_| StoreError::Closed)?;
+            Ok(shown)
+        })?;
+        drop(looking);
+        result.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Up to `limit` recent messages after `seq` that `wanted` accepts, or `None` if
-    /// the recent ones do not reach back to `seq` (read SQLite instead).
+    /// Whether a committed message has the same sender and client id: `None` if
+    /// SQLite cannot say. Read here, on the caller's thread: a lookup in a unique
+    /// index whose recent pages are cached, and a hop to another thread would cost
+    /// more than the lookup.
+    fn committed_copy(&self, message: &NewMessage) -> Option<bool> {
+        let conn = self.inner.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match conn {
+            Some(conn) => conn,
+            None => queries::open_connection(&self.inner.path).ok()?,
+        };
+        let found = queries::stored_copy(&conn, &message.sender, message.client_id);
+        self.inner.readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
+        found.ok()
+    }
+
+    /// Up to `limit` recent messages after `seq` that `wanted` accepts, up to the first
+    /// one not yet decided; or, if the recent ones do not reach back to `seq`, `Err`
+    /// with the number up to which SQLite holds every message (read it instead, up to
+    /// there and no further).
     pub fn recent_after(
         &self,
         seq: Seq,
         limit: usize,
         wanted: impl FnMut(&ChatMessage) -> bool,
-    ) -> Option<Vec<Arc<ChatMessage>>> {
+    ) -> Result<Vec<Arc<ChatMessage>>, Seq> {
         self.inner.published.after(seq, limit, wanted)
     }
 
@@ -278,29 +305,22 @@ impl Store {
     where
         F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
     {
-        let job: Job = Box::new(move |conn, _| {
+        let work: Work = Box::new(move |conn| {
             let result = work(conn);
             if let Err(e) = &result {
                 tracing::warn!("store write failed: {e}");
             }
             let completion: Completion = Box::new(|_| {});
-            (result.is_ok(), completion)
+            (result.is_ok(), completion, None)
         });
-        self.submit(job).await
+        let room = self.room().await?;
+        self.inner.jobs.send(Job { work, numbered: None, _room: room }).map_err(|_| StoreError::Closed)
     }
 
-    async fn submit(&self, job: Job) -> Result<(), StoreError> {
-        match self.inner.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(StoreError::Closed),
-            Err(mpsc::TrySendError::Full(job)) => {
-                // The writer is far behind: wait on a blocking thread rather than grow.
-                let jobs = self.inner.jobs.clone();
-                tokio::task::spawn_blocking(move || jobs.send(job).map_err(|_| StoreError::Closed))
-                    .await
-                    .map_err(|_| StoreError::Closed)?
-            }
-        }
+    /// A place in the writer's queue: waits while it is full (the writer far behind)
+    /// rather than let it grow.
+    async fn room(&self) -> Result<OwnedSemaphorePermit, StoreError> {
+        Arc::clone(&self.inner.room).acquire_owned().await.map_err(|_| StoreError::Closed)
     }
 
     /// Runs `work` with a read connection on the blocking pool.
@@ -326,14 +346,15 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// Messages for `user` after `after`, oldest first.
+    /// Messages for `user` after `after` and up to `up_to`, oldest first.
     pub async fn messages_for(
         &self,
         user: String,
         after: Seq,
+        up_to: Seq,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        self.read(move |conn| messages_for(conn, &user, after, limit)).await
+        self.read(move |conn| messages_for(conn, &user, after, up_to, limit)).await
     }
 
     /// Records an activity entry and returns it with its id.
@@ -347,13 +368,34 @@ impl Store {
     }
 }
 
+/// What the sender's reply channel gets once the batch has committed or failed.
+fn replying<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    outcome: Result<T, StoreError>,
+) -> Completion {
+    Box::new(move |committed: Result<(), &StoreError>| {
+        let outcome = match committed {
+            Ok(()) => outcome,
+            Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+        };
+        let _ = reply.send(outcome);
+    })
+}
+
+/// The message a session is shown.
+fn chat_message(message: &NewMessage, seq: Seq, at: casataa_proto::types::UnixMillis) -> ChatMessage {
+    ChatMessage {
+        seq,
+        at,
+        from: message.sender.clone(),
+        to: message.to.clone(),
+        client_id: message.client_id,
+        content: message.content.clone(),
+    }
+}
+
 /// The writer loop: one transaction per batch of waiting jobs.
-fn run_writer(
-    mut conn: Connection,
-    queue: mpsc::Receiver<Job>,
-    mut sequencer: Sequencer,
-    latency: &Histogram,
-) {
+fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Job>, published: &Published, latency: &Histogram) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {
@@ -362,8 +404,10 @@ fn run_writer(
                 Err(_) => break,
             }
         }
+        let mut settled =
+            Settled { numbered: batch.iter().filter_map(|job| job.numbered).collect(), ..Settled::default() };
         let started = std::time::Instant::now();
-        let outcome = commit_batch(&mut conn, &mut sequencer, batch);
+        let outcome = commit_batch(&mut conn, published, &mut settled, batch);
         latency.record(started.elapsed());
         let (completions, result) = match outcome {
             Ok(completions) => (completions, Ok(())),
@@ -372,10 +416,8 @@ fn run_writer(
                 (completions, Err(e))
             }
         };
-        match &result {
-            Ok(()) => sequencer.committed(),
-            Err(_) => sequencer.failed(),
-        }
+        settled.committed = result.is_ok();
+        published.settle(&settled);
         for completion in completions {
             completion(result.as_ref().map(|_| ()));
         }
@@ -384,30 +426,39 @@ fn run_writer(
 
 type BatchOutcome = Result<Vec<Completion>, (Vec<Completion>, StoreError)>;
 
-fn commit_batch(conn: &mut Connection, sequencer: &mut Sequencer, batch: Vec<Job>) -> BatchOutcome {
+fn commit_batch(
+    conn: &mut Connection,
+    published: &Published,
+    settled: &mut Settled,
+    batch: Vec<Job>,
+) -> BatchOutcome {
     // IMMEDIATE: take the write lock at BEGIN, waiting (busy timeout) for another
     // process such as `casataa-server user add`. A deferred transaction that upgrades
     // to writing while another writer holds the lock fails at once instead.
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        // The jobs are dropped unrun; their callers see the store as closed.
+        // The jobs are dropped unrun: their callers see the store as closed, and their
+        // numbers are burned.
         Err(e) => return Err((Vec::new(), e.into())),
     };
-    if let Err(e) = sequencer.reserve_ahead(&tx) {
-        // The batch's messages are then shown once it commits instead of before.
+    if let Err(e) = settled.reserve_ahead(&tx, published) {
+        // Messages past the reservation are then shown once committed instead of before.
         tracing::warn!("cannot reserve sequence numbers ahead: {e}");
     }
     let mut completions = Vec::with_capacity(batch.len());
+    // The places in the queue are given back once the batch has ended.
+    let mut places = Vec::with_capacity(batch.len());
     // The writer's statements are prepared once and kept (`prepare_cached`): parsing
     // them again for every job was a fifth of the writer's time at 1,000 clients.
     let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut statement| statement.execute([]));
-    for job in batch {
+    for Job { work, numbered, _room: place } in batch {
+        places.push(place);
         // A savepoint per job: a job that fails leaves nothing behind, and the rest
         // of the batch still commits.
         if let Err(e) = run("SAVEPOINT job") {
             return Err((completions, e.into()));
         }
-        let (succeeded, completion) = job(&tx, sequencer);
+        let (succeeded, completion, decided) = work(&tx);
         completions.push(completion);
         let ended = if succeeded {
             run("RELEASE job")
@@ -416,6 +467,9 @@ fn commit_batch(conn: &mut Connection, sequencer: &mut Sequencer, batch: Vec<Job
         };
         if let Err(e) = ended {
             return Err((completions, e.into()));
+        }
+        if let (Some((seq, _)), Some(decided)) = (numbered, decided) {
+            settled.decide(published, seq, decided);
         }
     }
     match tx.commit() {
@@ -563,6 +617,79 @@ mod tests {
         // A resend of a stored message keeps its number.
         let (again, ()) = store.append_with(hello(1), |_, _, _| Ok(())).await.unwrap();
         assert_eq!((again.seq, again.duplicate), (first.seq, true));
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Numbers shown to the sessions after `seq`.
+    fn shown_after(store: &Store, seq: Seq) -> Vec<Seq> {
+        store.recent_after(seq, 100, |_| true).unwrap().iter().map(|m| m.seq).collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_resend_is_never_shown_as_new_whether_its_first_copy_is_committed_or_queued() {
+        let dir = fresh_dir("resend");
+        let store = Store::open(&dir, 1).unwrap();
+        let (committed, ()) = store.append_with(hello(1), |_, _, _| Ok(())).await.unwrap();
+        let before = *store.latest_seq().borrow();
+        assert_eq!(before, committed.seq);
+
+        // The writer is held: nothing below runs before it is released.
+        let (running, release, holding) = holding_job(&store);
+        running.await.unwrap();
+        let append = |id| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_with(hello(id), |_, _, _| Ok(())).await })
+        };
+        // A resend of the committed message, then a new one: the new one is shown at
+        // once, but no session reads past the resend until the writer has looked.
+        let resent = append(1);
+        let fresh = append(2);
+        // A new message, then its resend while the first copy is queued.
+        let queued = append(3);
+        let queued_again = append(3);
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(shown_after(&store, before), Vec::<Seq>::new());
+        assert!(!fresh.is_finished(), "the sender hears only after the commit");
+
+        release.send(()).unwrap();
+        holding.await.unwrap();
+        let (resent, ()) = resent.await.unwrap().unwrap();
+        let (fresh, ()) = fresh.await.unwrap().unwrap();
+        let (queued, ()) = queued.await.unwrap().unwrap();
+        let (queued_again, ()) = queued_again.await.unwrap().unwrap();
+        assert_eq!((resent.seq, resent.duplicate), (committed.seq, true));
+        assert_eq!((queued_again.seq, queued_again.duplicate), (queued.seq, true));
+        // Each message shown once, under the number it is stored as.
+        assert_eq!(shown_after(&store, before), vec![fresh.seq, queued.seq]);
+        assert_eq!(*store.latest_seq().borrow(), before + 4, "the two resends' numbers are burned");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_far_behind_reads_sqlite_only_up_to_what_left_memory() {
+        let dir = fresh_dir("behind");
+        let store = Store::open(&dir, 1).unwrap();
+        store
+            .write(|conn| {
+                Ok(conn.execute("INSERT INTO members (room, user) VALUES ('general', 'alice')", [])?)
+            })
+            .await
+            .unwrap();
+        let count = sequence::RECENT_MAX as u64 + 600;
+        let appends = (1..=count).map(|id| store.append_with(hello(id), |_, _, _| Ok(())));
+        futures_util::future::try_join_all(appends).await.unwrap();
+        store.flush().await.unwrap();
+        let covered = store.recent_after(0, 1, |_| true).unwrap_err();
+        assert!(covered > 0 && covered < count, "{covered}");
+        let read = store.messages_for("alice".into(), 0, covered, usize::MAX >> 1).await.unwrap();
+        assert_eq!(read.len() as u64, covered);
+        assert_eq!(read.last().map(|m| m.seq), Some(covered));
+        // From there on, memory has the rest.
+        assert_eq!(store.recent_after(covered, usize::MAX, |_| true).unwrap().len() as u64, count - covered);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

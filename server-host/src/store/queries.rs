@@ -238,6 +238,19 @@ pub(crate) fn seq_to_sql(seq: Seq) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Corrupt("sequence numbers ran out".into()))
 }
 
+/// Whether a message from `sender` with this client id is stored.
+pub(crate) fn stored_copy(
+    conn: &Connection,
+    sender: &Name,
+    client_id: ClientMsgId,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM messages WHERE sender = ?1 AND client_id = ?2")?
+        .query_row(params![sender.as_str(), client_id as i64], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Appends a message as number `seq`, or finds the earlier copy of the same client id.
 pub fn append(conn: &Connection, message: &NewMessage, seq: Seq) -> Result<Appended, StoreError> {
     let existing: Option<(i64, i64)> = conn
@@ -302,23 +315,26 @@ fn chat_message(row: MessageRow) -> Result<ChatMessage, StoreError> {
     })
 }
 
-/// The messages `user` should receive with `seq > after`, oldest first: messages to
-/// the rooms the user is in and the user's direct conversations (both directions).
+/// The messages `user` should receive with `after < seq <= up_to`, oldest first:
+/// messages to the rooms the user is in and the user's direct conversations (both
+/// directions).
 pub fn messages_for(
     conn: &Connection,
     user: &str,
     after: Seq,
+    up_to: Seq,
     limit: usize,
 ) -> Result<Vec<ChatMessage>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages
-         WHERE seq > ?1
+         WHERE seq > ?1 AND seq <= ?4
            AND (room IN (SELECT room FROM members WHERE user = ?2)
                 OR dm_to = ?2
                 OR (sender = ?2 AND dm_to IS NOT NULL))
          ORDER BY seq LIMIT ?3"
     ))?;
-    let rows = stmt.query_map(params![after as i64, user, limit as i64], message_from_row)?;
+    let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![after as i64, user, limit as i64, up_to], message_from_row)?;
     rows.map(|row| chat_message(row?)).collect()
 }
 

@@ -1,40 +1,57 @@
-//! Sequence numbers, and the messages published under them before their commit.
+//! Sequence numbers, and the messages shown under them before their commit.
 //!
-//! Why publish before the commit: a delivery that waited for its batch's commit (the
-//! WAL write and its fsync, about 0.2 ms of the writer's time here) paid for it on every
-//! message's end-to-end path, and a message that arrived during a commit paid for two.
-//! The sender's `Stored` still waits for the commit: what a sender is told is stored is
-//! on disk.
+//! Why sessions number messages themselves: a message that waited for the store's
+//! writer thread to wake, be scheduled and finish the batch before it paid for a thread
+//! hop and part of a commit (about 0.2 ms here) on every end-to-end path. Now the
+//! sender's session numbers a new text, shows it to the other sessions and queues it
+//! for the writer, in one step under one lock; the writer only writes it. The sender's
+//! `Stored` still waits for the commit: what a sender is told is stored is on disk.
+//!
+//! Every message gets its number when it is queued, from [`Numbering`], under the lock
+//! that also queues its job, so the writer inserts messages in number order. Each
+//! number has a [`Slot`] in the recent list from then on:
+//! - **shown** at once: a text that is certainly not a copy of an earlier message (see
+//!   below), within the reservation;
+//! - **pending** until the writer has run its job: a message that may be a resend, whose
+//!   earlier copy only the writer can find; a text past the reservation; a file
+//!   announcement, which waits for its commit as its file's row becomes downloadable
+//!   then;
+//! - **burned**: its job found an earlier copy (whose number the sender hears), failed,
+//!   or never ran. Numbers skip; they are never given twice.
 //!
 //! What keeps it safe:
-//! - **A number is never given twice, crash or not.** The writer hands out numbers
-//!   itself and stays below a reservation on disk (`meta.seq_reserved`) that runs ahead
-//!   of them. A server killed after delivering a message it had not committed restarts
-//!   above every number it could have shown. Reusing one would lose a message: clients
-//!   drop a delivery at or below their watermark.
-//! - **Published in order.** A number beyond the reservation on disk is held until its
-//!   batch commits (with the reservation's raise), and every later one with it.
-//! - **Nothing is shown that points at rows not yet committed.** A file announcement
-//!   is held until its commit, as its file's row becomes downloadable then.
-//! - **A session that reads SQLite reads only what is committed, and misses nothing.**
-//!   Published but uncommitted messages are all in the current batch (at most
-//!   `BATCH_MAX`, fewer than [`RECENT_MAX`]), so [`Recent`] holds all of them: only a
-//!   session further behind than that reads SQLite, and everything it needs is there.
-//! - **A batch that fails to commit** (a full disk) has shown messages that are not
-//!   stored. Their senders hear so and resend them under the same client ids; clients
-//!   drop the second copy by `(sender, client id)`.
+//! - **Published in order.** Sessions read the recent list up to its first pending slot
+//!   and no further, so no session is shown a number after one it could still be shown.
+//! - **A number is never given twice, crash or not.** Numbers stay below a reservation
+//!   on disk (`meta.seq_reserved`) that the writer raises ahead of them; a message past
+//!   it is shown only once committed. A server killed after showing a message it had
+//!   not committed restarts above every number it could have shown. Reusing one would
+//!   lose a message: clients drop a delivery at or below their watermark.
+//! - **No copy is shown as new.** A client resends a message after a reconnect when it
+//!   did not hear `Stored`. Before showing a text at once, its session looks for an
+//!   earlier copy (same sender, same client id) among the committed messages and among
+//!   the queued ones ([`Numbering`]'s `in_flight`). The writer forgets a queued one only
+//!   after its commit, while no session is between those two looks (the `resolving`
+//!   lock), so a copy committed in between is found by one look or the other.
+//! - **A session that reads SQLite misses nothing.** A slot leaves the recent list only
+//!   once every number up to it is committed or burned, and a session reads SQLite only
+//!   up to the last number that left it (`covered_after`).
+//! - **A failed batch** (a full disk) may have shown messages that are not stored.
+//!   Their senders hear so and resend them under the same client ids; clients drop the
+//!   second copy by `(sender, client id)`.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use casataa_proto::message::ChatMessage;
-use casataa_proto::types::Seq;
+use casataa_proto::types::{ClientMsgId, Name, Seq};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 
 use super::{StoreError, queries};
 
-/// Messages kept in memory, so live delivery rarely reads SQLite.
+/// Messages kept in memory at least, so live delivery rarely reads SQLite.
 pub(super) const RECENT_MAX: usize = 8192;
 
 /// Numbers reserved on disk ahead of the next one; raised when half are used, and
@@ -43,143 +60,298 @@ pub(super) const RESERVE: Seq = 4096;
 
 const RESERVED_KEY: &str = "seq_reserved";
 
-/// The newest published messages, in sequence order: every published message with
-/// `seq > covered_after` is here. Sessions that are caught up read from it; a session
-/// further behind (a device back from being offline) reads SQLite.
+/// A number's place in the recent list.
 #[derive(Debug)]
-struct Recent {
-    messages: VecDeque<Arc<ChatMessage>>,
-    covered_after: Seq,
+enum Slot {
+    /// Its job has not decided yet: sessions read no further.
+    Pending,
+    Shown(Arc<ChatMessage>),
+    /// No message under this number.
+    Burned,
 }
 
-/// What sessions see: [`Recent`] and the newest published number.
+/// How a newly numbered message starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// Shown to the sessions now.
+    Shown,
+    /// Shown, or burned, once the writer has run its job.
+    Pending,
+}
+
+/// What a message's job decided for its number.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Written, and not shown yet: shown now if `now` and within the reservation on
+    /// disk, else once its batch commits.
+    Written(Arc<ChatMessage>, bool),
+    /// No message under this number (or, if it was shown, no longer).
+    Burned,
+    /// Shown already, and written: nothing changes.
+    Kept,
+}
+
+/// The numbering, shared by the sessions and the writer.
+#[derive(Debug)]
+struct Numbering {
+    /// The number the next message gets.
+    next: Seq,
+    /// Every number up to this one is reserved on disk, committed.
+    reserved: Seq,
+    /// The slots of the numbers from `first` to `next - 1`.
+    slots: VecDeque<Slot>,
+    first: Seq,
+    /// Every slot up to this number is decided: sessions may read up to here.
+    visible_through: Seq,
+    /// Every number up to this one is committed or burned.
+    settled_through: Seq,
+    /// Queued messages not yet settled, by a hash of (sender, client id). A collision
+    /// only sends a message the slower way.
+    in_flight: HashMap<u64, u32>,
+}
+
+impl Numbering {
+    fn slot_mut(&mut self, seq: Seq) -> Option<&mut Slot> {
+        let index = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.slots.get_mut(index)
+    }
+
+    /// Moves `visible_through` past every decided slot; whether it moved.
+    fn advance_visible(&mut self) -> bool {
+        let before = self.visible_through;
+        while self.visible_through + 1 < self.next
+            && !matches!(self.slot_mut(self.visible_through + 1), Some(Slot::Pending) | None)
+        {
+            self.visible_through += 1;
+        }
+        self.visible_through != before
+    }
+}
+
+/// What sessions see (the recent messages and the newest visible number), and where
+/// every message gets its number.
 #[derive(Debug)]
 pub(super) struct Published {
-    recent: Mutex<Recent>,
+    numbering: Mutex<Numbering>,
     latest: watch::Sender<Seq>,
+    /// Shared by a session from its look for an earlier copy of a text until the text is
+    /// numbered; exclusive for the writer while it forgets the queued messages a batch
+    /// settled.
+    resolving: RwLock<()>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Published {
-    /// Nothing published yet; the log ends at `newest`.
-    pub(super) fn new(newest: Seq) -> Self {
-        Self {
-            recent: Mutex::new(Recent { messages: VecDeque::new(), covered_after: newest }),
+    /// Continues above both the log and the last reservation (whatever a killed server
+    /// may have shown), and reserves ahead on disk before anything is shown.
+    pub(super) fn open(conn: &Connection) -> Result<Self, StoreError> {
+        let newest = queries::latest_seq(conn)?;
+        let next = newest.max(reserved_on_disk(conn)?) + 1;
+        let reserved = next + RESERVE - 1;
+        set_reserved(conn, reserved)?;
+        Ok(Self {
+            numbering: Mutex::new(Numbering {
+                next,
+                reserved,
+                slots: VecDeque::new(),
+                first: next,
+                visible_through: next - 1,
+                settled_through: next - 1,
+                in_flight: HashMap::new(),
+            }),
             latest: watch::channel(newest).0,
-        }
+            resolving: RwLock::new(()),
+            hasher: std::collections::hash_map::RandomState::new(),
+        })
     }
 
-    /// The newest published number, and a way to wait for it to change.
+    fn numbering(&self) -> MutexGuard<'_, Numbering> {
+        self.numbering.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest visible number, and a way to wait for it to change.
     pub(super) fn subscribe(&self) -> watch::Receiver<Seq> {
         self.latest.subscribe()
     }
 
-    /// Up to `limit` messages after `seq` that `wanted` accepts, or `None` if the
-    /// recent ones do not reach back to `seq`.
+    /// The key of a message in the queued set.
+    pub(super) fn key(&self, sender: &Name, client_id: ClientMsgId) -> u64 {
+        self.hasher.hash_one((sender.as_str(), client_id))
+    }
+
+    /// Held while a session looks for an earlier copy of a text and numbers it.
+    pub(super) fn looking(&self) -> RwLockReadGuard<'_, ()> {
+        self.resolving.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Numbers a message and queues it through `queue` (given its number and how it
+    /// starts; it returns the message to show if it starts shown, or an error if the
+    /// queue is gone, which takes no number). `new_text` says that the caller found no
+    /// earlier copy: it starts shown unless a copy is queued or it is past the
+    /// reservation.
+    pub(super) fn number(
+        &self,
+        key: u64,
+        new_text: bool,
+        queue: impl FnOnce(Seq, Start) -> Result<Option<Arc<ChatMessage>>, StoreError>,
+    ) -> Result<Seq, StoreError> {
+        let mut numbering = self.numbering();
+        let seq = numbering.next;
+        let start = if new_text && seq <= numbering.reserved && !numbering.in_flight.contains_key(&key) {
+            Start::Shown
+        } else {
+            Start::Pending
+        };
+        let shown = queue(seq, start)?;
+        numbering.next += 1;
+        *numbering.in_flight.entry(key).or_default() += 1;
+        numbering.slots.push_back(match shown {
+            Some(message) => Slot::Shown(message),
+            None => Slot::Pending,
+        });
+        if numbering.advance_visible() {
+            let visible = numbering.visible_through;
+            drop(numbering);
+            self.show_through(visible);
+        }
+        Ok(seq)
+    }
+
+    /// Up to `limit` visible messages after `seq` that `wanted` accepts, or, if the
+    /// recent ones do not reach back to `seq`, `Err` with the number up to which SQLite
+    /// holds everything (read it instead, no further).
     pub(super) fn after(
         &self,
         seq: Seq,
         limit: usize,
         mut wanted: impl FnMut(&ChatMessage) -> bool,
-    ) -> Option<Vec<Arc<ChatMessage>>> {
-        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if seq < recent.covered_after {
-            return None;
+    ) -> Result<Vec<Arc<ChatMessage>>, Seq> {
+        let numbering = self.numbering();
+        let Some(start) = seq.saturating_add(1).checked_sub(numbering.first) else {
+            return Err(numbering.first - 1);
+        };
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        let mut found = Vec::new();
+        for slot in numbering.slots.iter().skip(start) {
+            match slot {
+                Slot::Pending => break,
+                Slot::Shown(message) if wanted(message) => {
+                    found.push(Arc::clone(message));
+                    if found.len() == limit {
+                        break;
+                    }
+                }
+                Slot::Shown(_) | Slot::Burned => {}
+            }
         }
-        let start = recent.messages.partition_point(|m| m.seq <= seq);
-        Some(recent.messages.iter().skip(start).filter(|m| wanted(m)).take(limit).cloned().collect())
+        Ok(found)
     }
 
-    fn publish(&self, message: Arc<ChatMessage>) {
-        let seq = message.seq;
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            if recent.messages.len() == RECENT_MAX
-                && let Some(evicted) = recent.messages.pop_front()
-            {
-                recent.covered_after = evicted.seq;
-            }
-            recent.messages.push_back(message);
+    /// Sets a slot a job decided, and shows what became visible.
+    fn decide(&self, seq: Seq, slot: Slot) {
+        let mut numbering = self.numbering();
+        if let Some(place) = numbering.slot_mut(seq) {
+            *place = slot;
         }
+        if numbering.advance_visible() {
+            let visible = numbering.visible_through;
+            drop(numbering);
+            self.show_through(visible);
+        }
+    }
+
+    /// A batch ended (`committed` or not): its messages waiting for the commit are shown
+    /// or burned, its numbers no job decided (jobs that never ran) are burned, a raise of
+    /// the reservation it wrote holds, and its queued messages are forgotten.
+    pub(super) fn settle(&self, batch: &Settled) {
+        let _resolving = self.resolving.write().unwrap_or_else(PoisonError::into_inner);
+        let mut numbering = self.numbering();
+        for (seq, message) in &batch.at_commit {
+            let slot = if batch.committed { Slot::Shown(Arc::clone(message)) } else { Slot::Burned };
+            if let Some(place) = numbering.slot_mut(*seq) {
+                *place = slot;
+            }
+        }
+        for (seq, key) in &batch.numbered {
+            if let Some(place @ Slot::Pending) = numbering.slot_mut(*seq) {
+                *place = Slot::Burned;
+            }
+            if let Some(count) = numbering.in_flight.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    numbering.in_flight.remove(key);
+                }
+            }
+            numbering.settled_through = numbering.settled_through.max(*seq);
+        }
+        if batch.committed
+            && let Some(raised) = batch.raised
+        {
+            numbering.reserved = numbering.reserved.max(raised);
+        }
+        // Only settled numbers leave: a session that then reads SQLite finds them.
+        while numbering.slots.len() > RECENT_MAX
+            && numbering.first <= numbering.settled_through
+            && !matches!(numbering.slots.front(), Some(Slot::Pending))
+        {
+            numbering.slots.pop_front();
+            numbering.first += 1;
+        }
+        if numbering.advance_visible() {
+            let visible = numbering.visible_through;
+            drop(numbering);
+            self.show_through(visible);
+        }
+    }
+
+    fn show_through(&self, visible: Seq) {
         self.latest.send_if_modified(|latest| {
-            let newer = seq > *latest;
-            *latest = (*latest).max(seq);
+            let newer = visible > *latest;
+            *latest = (*latest).max(visible);
             newer
         });
     }
 }
 
-/// The writer's numbering: the next number, the reservation on disk, and the
-/// messages held until their batch commits.
-#[derive(Debug)]
-pub(super) struct Sequencer {
-    next: Seq,
-    /// Every number up to this one is reserved on disk.
-    reserved: Seq,
-    /// A raise written in the current batch, reserved once it commits.
-    raising: Option<Seq>,
-    held: Vec<Arc<ChatMessage>>,
-    published: Arc<Published>,
+/// What a batch leaves to settle once it has committed or failed.
+#[derive(Debug, Default)]
+pub(super) struct Settled {
+    pub(super) committed: bool,
+    /// Every number the batch's jobs took, with its queued-message key.
+    pub(super) numbered: Vec<(Seq, u64)>,
+    /// Messages shown once the batch commits.
+    pub(super) at_commit: Vec<(Seq, Arc<ChatMessage>)>,
+    /// The reservation the batch raised, if it did.
+    pub(super) raised: Option<Seq>,
 }
 
-impl Sequencer {
-    /// Continues above both the log and the last reservation (whatever a killed server
-    /// may have shown), and reserves ahead on disk before anything is published.
-    pub(super) fn open(conn: &Connection, published: Arc<Published>) -> Result<Self, StoreError> {
-        let newest = queries::latest_seq(conn)?;
-        let next = newest.max(reserved_on_disk(conn)?) + 1;
-        let reserved = next + RESERVE - 1;
-        set_reserved(conn, reserved)?;
-        Ok(Self { next, reserved, raising: None, held: Vec::new(), published })
-    }
-
-    /// The number the next new message gets.
-    pub(super) fn next(&self) -> Seq {
-        self.next
-    }
-
-    /// The next number is taken (by a message written in this batch).
-    pub(super) fn take(&mut self) {
-        self.next += 1;
+impl Settled {
+    /// What the job numbered `seq` decided, on the writer inside the batch.
+    pub(super) fn decide(&mut self, published: &Published, seq: Seq, outcome: Outcome) {
+        match outcome {
+            Outcome::Written(message, true) if seq <= published.numbering().reserved => {
+                published.decide(seq, Slot::Shown(message));
+            }
+            Outcome::Written(message, _) => self.at_commit.push((seq, message)),
+            Outcome::Burned => published.decide(seq, Slot::Burned),
+            Outcome::Kept => {}
+        }
     }
 
     /// At the start of a batch: raises the reservation on disk, in the batch's
     /// transaction, once half of it is used.
-    pub(super) fn reserve_ahead(&mut self, tx: &Connection) -> Result<(), StoreError> {
-        if self.next + RESERVE / 2 <= self.reserved {
+    pub(super) fn reserve_ahead(&mut self, tx: &Connection, published: &Published) -> Result<(), StoreError> {
+        let (next, reserved) = {
+            let numbering = published.numbering();
+            (numbering.next, numbering.reserved)
+        };
+        if next + RESERVE / 2 <= reserved {
             return Ok(());
         }
-        let to = self.next + RESERVE - 1;
+        let to = next + RESERVE - 1;
         set_reserved(tx, to)?;
-        self.raising = Some(to);
+        self.raised = Some(to);
         Ok(())
-    }
-
-    /// Shows a message written in this batch to the sessions now, or once the batch
-    /// commits (and every later one with it) if it is past the reservation on disk or
-    /// if `now` is false.
-    pub(super) fn publish(&mut self, message: Arc<ChatMessage>, now: bool) {
-        if now && self.held.is_empty() && message.seq <= self.reserved {
-            self.published.publish(message);
-        } else {
-            self.held.push(message);
-        }
-    }
-
-    /// The batch committed: its raise holds, and the messages it held are shown.
-    pub(super) fn committed(&mut self) {
-        if let Some(raised) = self.raising.take() {
-            self.reserved = self.reserved.max(raised);
-        }
-        for message in self.held.drain(..) {
-            self.published.publish(message);
-        }
-    }
-
-    /// The batch failed: its raise and its held messages are gone with it. The numbers
-    /// it took stay taken.
-    pub(super) fn failed(&mut self) {
-        self.raising = None;
-        self.held.clear();
     }
 }
 
@@ -198,8 +370,10 @@ fn set_reserved(conn: &Connection, seq: Seq) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use casataa_proto::message::{Content, FileInfo};
-    use casataa_proto::types::{Name, Target};
+    use casataa_proto::types::Target;
 
     use super::*;
 
@@ -222,65 +396,150 @@ mod tests {
         published.after(0, 100, |_| true).unwrap().iter().map(|m| m.seq).collect()
     }
 
-    /// A sequencer on a fresh store, and what it publishes to.
-    fn sequencer(what: &str) -> (Connection, Sequencer, Arc<Published>, std::path::PathBuf) {
+    fn latest(published: &Published) -> Seq {
+        *published.subscribe().borrow()
+    }
+
+    /// Numbers a message with key `key` as a session would, without a writer; returns
+    /// its number and how it started.
+    fn number(published: &Published, key: u64, new_text: bool) -> (Seq, Start) {
+        let mut started = None;
+        let seq = published
+            .number(key, new_text, |seq, start| {
+                started = Some(start);
+                Ok((start == Start::Shown).then(|| text(seq)))
+            })
+            .unwrap();
+        (seq, started.unwrap())
+    }
+
+    /// Published numbering on a fresh store.
+    fn published(what: &str) -> (Connection, Published, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("casataa-sequence-{what}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let conn = super::super::open_for_admin(&dir, 1).unwrap();
-        let published = Arc::new(Published::new(0));
-        let sequencer = Sequencer::open(&conn, Arc::clone(&published)).unwrap();
-        (conn, sequencer, published, dir)
+        let published = Published::open(&conn).unwrap();
+        (conn, published, dir)
     }
 
     #[test]
-    fn past_the_reservation_on_disk_a_message_and_every_later_one_wait_for_the_commit() {
-        let (_conn, mut sequencer, published, dir) = sequencer("held");
-        assert_eq!((sequencer.next(), sequencer.reserved), (1, RESERVE));
-        // The last reserved number is shown at once; the two after it are not.
-        sequencer.next = RESERVE;
-        for seq in RESERVE..RESERVE + 3 {
-            sequencer.take();
-            sequencer.publish(text(seq), true);
-        }
-        assert_eq!(shown(&published), [RESERVE]);
-        assert_eq!(*published.subscribe().borrow(), RESERVE);
-        sequencer.committed();
-        assert_eq!(shown(&published), [RESERVE, RESERVE + 1, RESERVE + 2]);
+    fn a_new_text_is_shown_when_numbered_but_never_past_a_pending_number() {
+        let (_conn, published, dir) = published("order");
+        let (first, start) = number(&published, 1, false);
+        assert_eq!((first, start), (1, Start::Pending));
+        let (second, start) = number(&published, 2, true);
+        assert_eq!((second, start), (2, Start::Shown));
+        // The second is shown, but no session reads past the first.
+        assert_eq!((shown(&published), latest(&published)), (vec![], 0));
+        let mut settled = Settled::default();
+        settled.decide(&published, first, Outcome::Written(text(first), true));
+        assert_eq!((shown(&published), latest(&published)), (vec![1, 2], 2));
+        // A new text with nothing pending before it is readable at once.
+        let (third, _) = number(&published, 3, true);
+        assert_eq!((shown(&published), latest(&published)), (vec![1, 2, 3], third));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn an_announcement_holds_the_texts_after_it_and_a_failed_batch_shows_none_of_them() {
-        let (_conn, mut sequencer, published, dir) = sequencer("announcement");
+    fn a_copy_of_a_queued_message_and_a_text_past_the_reservation_start_pending() {
+        let (_conn, published, dir) = published("pending");
+        assert_eq!(number(&published, 7, true), (1, Start::Shown));
+        // The same sender and client id again while the first is queued.
+        assert_eq!(number(&published, 7, true), (2, Start::Pending));
+        // Once its batch has settled, the key is forgotten.
+        published.settle(&Settled { committed: true, numbered: vec![(1, 7), (2, 7)], ..Settled::default() });
+        assert_eq!(number(&published, 7, true), (3, Start::Shown));
+        // Past the reservation on disk, a new text waits for its commit.
+        published.numbering().next = RESERVE + 1;
+        assert_eq!(number(&published, 8, true), (RESERVE + 1, Start::Pending));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_burns_what_no_job_decided_and_shows_announcements_only_if_committed() {
+        let (_conn, published, dir) = published("settle");
         let info = FileInfo { id: 1, name: "a".try_into().unwrap(), size: 1, sha256: [0; 32] };
-        sequencer.publish(text(1), true);
-        sequencer.publish(message(2, Content::File(info)), false);
-        sequencer.publish(text(3), true);
-        assert_eq!(shown(&published), [1]);
-        sequencer.failed();
-        assert_eq!(shown(&published), [1]);
-        // The next batch starts with nothing held.
-        sequencer.publish(text(4), true);
-        assert_eq!(shown(&published), [1, 4]);
+        for committed in [false, true] {
+            let (announced, _) = number(&published, 1, false);
+            let (unrun, _) = number(&published, 2, false);
+            let (after, _) = number(&published, 3, true);
+            let mut settled = Settled::default();
+            settled.decide(
+                &published,
+                announced,
+                Outcome::Written(message(announced, Content::File(info.clone())), false),
+            );
+            assert!(!shown(&published).contains(&announced), "an announcement waits for its commit");
+            settled.committed = committed;
+            settled.numbered = vec![(announced, 1), (unrun, 2), (after, 3)];
+            published.settle(&settled);
+            let visible = shown(&published);
+            assert_eq!(visible.contains(&announced), committed, "{visible:?}");
+            assert!(!visible.contains(&unrun) && visible.contains(&after), "{visible:?}");
+            assert_eq!(latest(&published), after);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_raise_holds_only_once_its_batch_commits() {
-        let (conn, mut sequencer, _published, dir) = sequencer("raise");
-        sequencer.next = RESERVE / 2 + 1;
-        sequencer.reserve_ahead(&conn).unwrap();
+    fn only_settled_numbers_leave_memory_and_sqlite_is_read_no_further_than_they_reach() {
+        let (_conn, published, dir) = published("evict");
+        let total = RECENT_MAX as Seq + 100;
+        for key in 1..=total {
+            number(&published, key, true);
+        }
+        // Nothing settled: everything stays.
+        published.settle(&Settled::default());
+        assert_eq!(published.after(0, 1, |_| true).unwrap().len(), 1);
+        // The first 60 settled: only they may leave.
+        published.settle(&Settled { committed: true, numbered: vec![(60, 60)], ..Settled::default() });
+        assert_eq!(published.after(0, 1, |_| true).err(), Some(60));
+        assert_eq!(published.after(59, 1, |_| true).err(), Some(60));
+        assert_eq!(published.after(60, 1, |_| true).unwrap()[0].seq, 61);
+        published.settle(&Settled { committed: true, numbered: vec![(total, total)], ..Settled::default() });
+        assert_eq!(published.after(0, 1, |_| true).err(), Some(100));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_writer_forgets_a_queued_copy_only_while_no_session_is_looking() {
+        let (_conn, published, dir) = published("looking");
+        let published = Arc::new(published);
+        number(&published, 9, true);
+        let looking = published.looking();
+        let settling = {
+            let published = Arc::clone(&published);
+            std::thread::spawn(move || {
+                published.settle(&Settled { committed: true, numbered: vec![(1, 9)], ..Settled::default() });
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(published.numbering().in_flight.contains_key(&9), "forgotten while a session looked");
+        drop(looking);
+        settling.join().unwrap();
+        assert!(!published.numbering().in_flight.contains_key(&9));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_raise_of_the_reservation_holds_only_once_its_batch_commits() {
+        let (conn, published, dir) = published("raise");
+        published.numbering().next = RESERVE / 2 + 1;
         let raised = RESERVE / 2 + RESERVE;
-        assert_eq!((sequencer.raising, reserved_on_disk(&conn).unwrap()), (Some(raised), raised));
-        sequencer.failed();
-        assert_eq!((sequencer.raising, sequencer.reserved), (None, RESERVE));
-        sequencer.reserve_ahead(&conn).unwrap();
-        sequencer.committed();
-        assert_eq!((sequencer.raising, sequencer.reserved), (None, raised));
+        for committed in [false, true] {
+            let mut settled = Settled::default();
+            settled.reserve_ahead(&conn, &published).unwrap();
+            assert_eq!((settled.raised, reserved_on_disk(&conn).unwrap()), (Some(raised), raised));
+            settled.committed = committed;
+            published.settle(&settled);
+            let expected = if committed { raised } else { RESERVE };
+            assert_eq!(published.numbering().reserved, expected);
+        }
         // Well inside the reservation, nothing is written.
         conn.execute("UPDATE meta SET value = 0 WHERE key = ?1", [RESERVED_KEY]).unwrap();
-        sequencer.reserve_ahead(&conn).unwrap();
-        assert_eq!((sequencer.raising, reserved_on_disk(&conn).unwrap()), (None, 0));
+        let mut settled = Settled::default();
+        settled.reserve_ahead(&conn, &published).unwrap();
+        assert_eq!((settled.raised, reserved_on_disk(&conn).unwrap()), (None, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
