@@ -12,10 +12,11 @@
 mod backup;
 mod queries;
 mod schema;
+mod seen;
 mod sequence;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::{fmt, thread};
 
 use casataa_proto::message::{ActivityEvent, ChatMessage, Content};
@@ -101,9 +102,8 @@ struct Job {
     /// writes are rolled back to its savepoint), what to do once the batch is committed
     /// or has failed, and what it decided for its message's number.
     work: Work,
-    /// The number the job's message took when it was queued, and its key among the
-    /// queued messages.
-    numbered: Option<(Seq, u64)>,
+    /// The number the job's message took when it was queued.
+    numbered: Option<Seq>,
     /// Its place in the queue, given back once its batch has ended.
     _room: OwnedSemaphorePermit,
 }
@@ -239,15 +239,15 @@ impl Store {
         let published = &self.inner.published;
         let key = published.key(&message.sender, message.client_id);
         let is_text = matches!(message.content, Content::Text(_));
-        // Held from the look for an earlier copy until the message is numbered.
-        let looking = is_text.then(|| published.looking());
-        let new_text = is_text && self.committed_copy(&message) == Some(false);
         let jobs = &self.inner.jobs;
-        published.number(key, new_text, move |seq, start| {
+        published.number(key, is_text, move |seq, start| {
             let shown = (start == Start::Shown).then(|| Arc::new(chat_message(&message, seq, message.at)));
             let kept = shown.is_some();
             let work: Work = Box::new(move |conn| {
-                let outcome = append(conn, &message, seq).and_then(|appended| {
+                // Shown at once means its key was never numbered: no earlier copy.
+                let written =
+                    if kept { queries::insert(conn, &message, seq) } else { append(conn, &message, seq) };
+                let outcome = written.and_then(|appended| {
                     let extra = also(conn, &message, &appended)?;
                     Ok((appended, extra))
                 });
@@ -264,27 +264,10 @@ impl Store {
                 };
                 (outcome.is_ok(), replying(reply, outcome), Some(decided))
             });
-            jobs.send(Job { work, numbered: Some((seq, key)), _room: room })
-                .map_err(|_| StoreError::Closed)?;
+            jobs.send(Job { work, numbered: Some(seq), _room: room }).map_err(|_| StoreError::Closed)?;
             Ok(shown)
         })?;
-        drop(looking);
         result.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Whether a committed message has the same sender and client id: `None` if
-    /// SQLite cannot say. Read here, on the caller's thread: a lookup in a unique
-    /// index whose recent pages are cached, and a hop to another thread would cost
-    /// more than the lookup.
-    fn committed_copy(&self, message: &NewMessage) -> Option<bool> {
-        let conn = self.inner.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let conn = match conn {
-            Some(conn) => conn,
-            None => queries::open_connection(&self.inner.path).ok()?,
-        };
-        let found = queries::stored_copy(&conn, &message.sender, message.client_id);
-        self.inner.readers.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
-        found.ok()
     }
 
     /// Up to `limit` recent messages after `seq` that `wanted` accepts, up to the first
@@ -468,7 +451,7 @@ fn commit_batch(
         if let Err(e) = ended {
             return Err((completions, e.into()));
         }
-        if let (Some((seq, _)), Some(decided)) = (numbered, decided) {
+        if let (Some(seq), Some(decided)) = (numbered, decided) {
             settled.decide(published, seq, decided);
         }
     }
@@ -614,8 +597,20 @@ mod tests {
         assert_eq!(*store.latest_seq().borrow(), last);
         let (next, ()) = store.append_with(hello(9_999), |_, _, _| Ok(())).await.unwrap();
         assert_eq!(next.seq, raised + 1);
-        // A resend of a stored message keeps its number.
-        let (again, ()) = store.append_with(hello(1), |_, _, _| Ok(())).await.unwrap();
+        // A resend of a message stored before the restart keeps its number, and is not
+        // shown again.
+        let before = *store.latest_seq().borrow();
+        let (running, release, holding) = holding_job(&store);
+        running.await.unwrap();
+        let resending = store.clone();
+        let again = tokio::spawn(async move { resending.append_with(hello(1), |_, _, _| Ok(())).await });
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(shown_after(&store, before), Vec::<Seq>::new(), "shown before the writer looked");
+        release.send(()).unwrap();
+        holding.await.unwrap();
+        let (again, ()) = again.await.unwrap().unwrap();
         assert_eq!((again.seq, again.duplicate), (first.seq, true));
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -238,19 +238,6 @@ pub(crate) fn seq_to_sql(seq: Seq) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Corrupt("sequence numbers ran out".into()))
 }
 
-/// Whether a message from `sender` with this client id is stored.
-pub(crate) fn stored_copy(
-    conn: &Connection,
-    sender: &Name,
-    client_id: ClientMsgId,
-) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM messages WHERE sender = ?1 AND client_id = ?2")?
-        .query_row(params![sender.as_str(), client_id as i64], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
 /// Appends a message as number `seq`, or finds the earlier copy of the same client id.
 pub fn append(conn: &Connection, message: &NewMessage, seq: Seq) -> Result<Appended, StoreError> {
     let existing: Option<(i64, i64)> = conn
@@ -262,6 +249,12 @@ pub fn append(conn: &Connection, message: &NewMessage, seq: Seq) -> Result<Appen
     if let Some((seq, at)) = existing {
         return Ok(Appended { seq: seq as Seq, at: at as UnixMillis, duplicate: true });
     }
+    insert(conn, message, seq)
+}
+
+/// Appends a message known to be new as number `seq`, without looking for an earlier
+/// copy (the unique index still refuses one).
+pub(crate) fn insert(conn: &Connection, message: &NewMessage, seq: Seq) -> Result<Appended, StoreError> {
     let (room, dm_to, dm_pair) = match &message.to {
         Target::Room(room) => (Some(room.as_str()), None, None),
         Target::User(user) => (None, Some(user.as_str()), Some(pair_key(&message.sender, user))),

@@ -10,8 +10,8 @@
 //! Every message gets its number when it is queued, from [`Numbering`], under the lock
 //! that also queues its job, so the writer inserts messages in number order. Each
 //! number has a [`Slot`] in the recent list from then on:
-//! - **shown** at once: a text that is certainly not a copy of an earlier message (see
-//!   below), within the reservation;
+//! - **shown** at once: a text that is certainly not a copy of an earlier message
+//!   (`seen.rs`), within the reservation;
 //! - **pending** until the writer has run its job: a message that may be a resend, whose
 //!   earlier copy only the writer can find; a text past the reservation; a file
 //!   announcement, which waits for its commit as its file's row becomes downloadable
@@ -28,11 +28,10 @@
 //!   not committed restarts above every number it could have shown. Reusing one would
 //!   lose a message: clients drop a delivery at or below their watermark.
 //! - **No copy is shown as new.** A client resends a message after a reconnect when it
-//!   did not hear `Stored`. Before showing a text at once, its session looks for an
-//!   earlier copy (same sender, same client id) among the committed messages and among
-//!   the queued ones ([`Numbering`]'s `in_flight`). The writer forgets a queued one only
-//!   after its commit, while no session is between those two looks (the `resolving`
-//!   lock), so a copy committed in between is found by one look or the other.
+//!   did not hear `Stored`. A text is shown at once only if its key (sender, client id)
+//!   was certainly never numbered before: every key is remembered as it is numbered, in
+//!   the same step, and every stored one since the store opened ([`SeenKeys`]). Any
+//!   other waits for the writer, which finds the earlier copy in its transaction.
 //! - **A session that reads SQLite misses nothing.** A slot leaves the recent list only
 //!   once every number up to it is committed or burned, and a session reads SQLite only
 //!   up to the last number that left it (`covered_after`).
@@ -40,15 +39,16 @@
 //!   Their senders hear so and resend them under the same client ids; clients drop the
 //!   second copy by `(sender, client id)`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use casataa_proto::message::ChatMessage;
 use casataa_proto::types::{ClientMsgId, Name, Seq};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 
+use super::seen::SeenKeys;
 use super::{StoreError, queries};
 
 /// Messages kept in memory at least, so live delivery rarely reads SQLite.
@@ -105,9 +105,8 @@ struct Numbering {
     visible_through: Seq,
     /// Every number up to this one is committed or burned.
     settled_through: Seq,
-    /// Queued messages not yet settled, by a hash of (sender, client id). A collision
-    /// only sends a message the slower way.
-    in_flight: HashMap<u64, u32>,
+    /// The keys of every message numbered or stored.
+    seen: SeenKeys,
 }
 
 impl Numbering {
@@ -134,10 +133,7 @@ impl Numbering {
 pub(super) struct Published {
     numbering: Mutex<Numbering>,
     latest: watch::Sender<Seq>,
-    /// Shared by a session from its look for an earlier copy of a text until the text is
-    /// numbered; exclusive for the writer while it forgets the queued messages a batch
-    /// settled.
-    resolving: RwLock<()>,
+    /// Keyed at random: a client cannot pick ids that collide with another's.
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -149,6 +145,8 @@ impl Published {
         let next = newest.max(reserved_on_disk(conn)?) + 1;
         let reserved = next + RESERVE - 1;
         set_reserved(conn, reserved)?;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let seen = stored_keys(conn, &hasher)?;
         Ok(Self {
             numbering: Mutex::new(Numbering {
                 next,
@@ -157,11 +155,10 @@ impl Published {
                 first: next,
                 visible_through: next - 1,
                 settled_through: next - 1,
-                in_flight: HashMap::new(),
+                seen,
             }),
             latest: watch::channel(newest).0,
-            resolving: RwLock::new(()),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher,
         })
     }
 
@@ -174,37 +171,29 @@ impl Published {
         self.latest.subscribe()
     }
 
-    /// The key of a message in the queued set.
+    /// A message's key (sender, client id), for [`Self::number`].
     pub(super) fn key(&self, sender: &Name, client_id: ClientMsgId) -> u64 {
         self.hasher.hash_one((sender.as_str(), client_id))
     }
 
-    /// Held while a session looks for an earlier copy of a text and numbers it.
-    pub(super) fn looking(&self) -> RwLockReadGuard<'_, ()> {
-        self.resolving.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Numbers a message and queues it through `queue` (given its number and how it
-    /// starts; it returns the message to show if it starts shown, or an error if the
-    /// queue is gone, which takes no number). `new_text` says that the caller found no
-    /// earlier copy: it starts shown unless a copy is queued or it is past the
-    /// reservation.
+    /// Numbers a message with this key and queues it through `queue` (given its number
+    /// and how it starts; it returns the message to show if it starts shown, or an error
+    /// if the queue is gone, which takes no number). A text starts shown unless its key
+    /// may have been numbered before or it is past the reservation.
     pub(super) fn number(
         &self,
         key: u64,
-        new_text: bool,
+        is_text: bool,
         queue: impl FnOnce(Seq, Start) -> Result<Option<Arc<ChatMessage>>, StoreError>,
     ) -> Result<Seq, StoreError> {
         let mut numbering = self.numbering();
         let seq = numbering.next;
-        let start = if new_text && seq <= numbering.reserved && !numbering.in_flight.contains_key(&key) {
-            Start::Shown
-        } else {
-            Start::Pending
-        };
+        // Remembered even if the queue is gone: a "maybe" too many costs nothing.
+        let maybe_seen = numbering.seen.insert(key);
+        let start =
+            if is_text && !maybe_seen && seq <= numbering.reserved { Start::Shown } else { Start::Pending };
         let shown = queue(seq, start)?;
         numbering.next += 1;
-        *numbering.in_flight.entry(key).or_default() += 1;
         numbering.slots.push_back(match shown {
             Some(message) => Slot::Shown(message),
             None => Slot::Pending,
@@ -261,10 +250,9 @@ impl Published {
     }
 
     /// A batch ended (`committed` or not): its messages waiting for the commit are shown
-    /// or burned, its numbers no job decided (jobs that never ran) are burned, a raise of
-    /// the reservation it wrote holds, and its queued messages are forgotten.
+    /// or burned, its numbers no job decided (jobs that never ran) are burned, and a
+    /// raise of the reservation it wrote holds.
     pub(super) fn settle(&self, batch: &Settled) {
-        let _resolving = self.resolving.write().unwrap_or_else(PoisonError::into_inner);
         let mut numbering = self.numbering();
         for (seq, message) in &batch.at_commit {
             let slot = if batch.committed { Slot::Shown(Arc::clone(message)) } else { Slot::Burned };
@@ -272,15 +260,9 @@ impl Published {
                 *place = slot;
             }
         }
-        for (seq, key) in &batch.numbered {
+        for seq in &batch.numbered {
             if let Some(place @ Slot::Pending) = numbering.slot_mut(*seq) {
                 *place = Slot::Burned;
-            }
-            if let Some(count) = numbering.in_flight.get_mut(key) {
-                *count -= 1;
-                if *count == 0 {
-                    numbering.in_flight.remove(key);
-                }
             }
             numbering.settled_through = numbering.settled_through.max(*seq);
         }
@@ -317,8 +299,8 @@ impl Published {
 #[derive(Debug, Default)]
 pub(super) struct Settled {
     pub(super) committed: bool,
-    /// Every number the batch's jobs took, with its queued-message key.
-    pub(super) numbered: Vec<(Seq, u64)>,
+    /// Every number the batch's jobs took.
+    pub(super) numbered: Vec<Seq>,
     /// Messages shown once the batch commits.
     pub(super) at_commit: Vec<(Seq, Arc<ChatMessage>)>,
     /// The reservation the batch raised, if it did.
@@ -355,6 +337,20 @@ impl Settled {
     }
 }
 
+/// The keys of every stored message.
+fn stored_keys(conn: &Connection, hasher: &impl BuildHasher) -> Result<SeenKeys, StoreError> {
+    let count: i64 = conn.query_row("SELECT COUNT(*) FROM messages", [], |row| row.get(0))?;
+    let mut seen = SeenKeys::with_capacity(usize::try_from(count).unwrap_or(0).saturating_mul(2));
+    let mut statement = conn.prepare("SELECT sender, client_id FROM messages")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let sender: String = row.get(0)?;
+        let client_id: i64 = row.get(1)?;
+        seen.insert(hasher.hash_one((sender.as_str(), client_id as ClientMsgId)));
+    }
+    Ok(seen)
+}
+
 pub(super) fn reserved_on_disk(conn: &Connection) -> Result<Seq, StoreError> {
     let value: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [RESERVED_KEY], |row| row.get(0))
@@ -370,8 +366,6 @@ fn set_reserved(conn: &Connection, seq: Seq) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use casataa_proto::message::{Content, FileInfo};
     use casataa_proto::types::Target;
 
@@ -402,10 +396,10 @@ mod tests {
 
     /// Numbers a message with key `key` as a session would, without a writer; returns
     /// its number and how it started.
-    fn number(published: &Published, key: u64, new_text: bool) -> (Seq, Start) {
+    fn number(published: &Published, key: u64, is_text: bool) -> (Seq, Start) {
         let mut started = None;
         let seq = published
-            .number(key, new_text, |seq, start| {
+            .number(key, is_text, |seq, start| {
                 started = Some(start);
                 Ok((start == Start::Shown).then(|| text(seq)))
             })
@@ -441,17 +435,36 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_of_a_queued_message_and_a_text_past_the_reservation_start_pending() {
-        let (_conn, published, dir) = published("pending");
-        assert_eq!(number(&published, 7, true), (1, Start::Shown));
-        // The same sender and client id again while the first is queued.
-        assert_eq!(number(&published, 7, true), (2, Start::Pending));
-        // Once its batch has settled, the key is forgotten.
-        published.settle(&Settled { committed: true, numbered: vec![(1, 7), (2, 7)], ..Settled::default() });
-        assert_eq!(number(&published, 7, true), (3, Start::Shown));
+    fn a_text_whose_key_was_ever_numbered_or_stored_or_past_the_reservation_starts_pending() {
+        let (conn, _, dir) = published("pending");
+        // A message stored before the store opened.
+        let alice = Name::new("alice").unwrap();
+        let stored = super::super::NewMessage {
+            sender: alice.clone(),
+            client_id: 5,
+            to: Target::Room(Name::new("general").unwrap()),
+            content: Content::Text("hi".try_into().unwrap()),
+            at: 1,
+        };
+        queries::append(&conn, &stored, 1).unwrap();
+        let published = Published::open(&conn).unwrap();
+        let next = RESERVE + 1;
+        assert_eq!(number(&published, published.key(&alice, 5), true), (next, Start::Pending));
+        let key = published.key(&alice, 6);
+        assert_eq!(number(&published, key, true), (next + 1, Start::Shown));
+        // The same key again, queued or long settled.
+        assert_eq!(number(&published, key, true), (next + 2, Start::Pending));
+        published.settle(&Settled {
+            committed: true,
+            numbered: vec![next, next + 1, next + 2],
+            ..Settled::default()
+        });
+        assert_eq!(number(&published, key, true), (next + 3, Start::Pending));
         // Past the reservation on disk, a new text waits for its commit.
-        published.numbering().next = RESERVE + 1;
-        assert_eq!(number(&published, 8, true), (RESERVE + 1, Start::Pending));
+        let reserved = published.numbering().reserved;
+        published.numbering().next = reserved + 1;
+        let (seq, start) = number(&published, published.key(&alice, 7), true);
+        assert_eq!((seq > published.numbering().reserved, start), (true, Start::Pending));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -459,10 +472,10 @@ mod tests {
     fn a_batch_burns_what_no_job_decided_and_shows_announcements_only_if_committed() {
         let (_conn, published, dir) = published("settle");
         let info = FileInfo { id: 1, name: "a".try_into().unwrap(), size: 1, sha256: [0; 32] };
-        for committed in [false, true] {
-            let (announced, _) = number(&published, 1, false);
-            let (unrun, _) = number(&published, 2, false);
-            let (after, _) = number(&published, 3, true);
+        for (committed, key) in [(false, 1), (true, 11)] {
+            let (announced, _) = number(&published, key, false);
+            let (unrun, _) = number(&published, key + 1, false);
+            let (after, _) = number(&published, key + 2, true);
             let mut settled = Settled::default();
             settled.decide(
                 &published,
@@ -471,7 +484,7 @@ mod tests {
             );
             assert!(!shown(&published).contains(&announced), "an announcement waits for its commit");
             settled.committed = committed;
-            settled.numbered = vec![(announced, 1), (unrun, 2), (after, 3)];
+            settled.numbered = vec![announced, unrun, after];
             published.settle(&settled);
             let visible = shown(&published);
             assert_eq!(visible.contains(&announced), committed, "{visible:?}");
@@ -492,32 +505,12 @@ mod tests {
         published.settle(&Settled::default());
         assert_eq!(published.after(0, 1, |_| true).unwrap().len(), 1);
         // The first 60 settled: only they may leave.
-        published.settle(&Settled { committed: true, numbered: vec![(60, 60)], ..Settled::default() });
+        published.settle(&Settled { committed: true, numbered: vec![60], ..Settled::default() });
         assert_eq!(published.after(0, 1, |_| true).err(), Some(60));
         assert_eq!(published.after(59, 1, |_| true).err(), Some(60));
         assert_eq!(published.after(60, 1, |_| true).unwrap()[0].seq, 61);
-        published.settle(&Settled { committed: true, numbered: vec![(total, total)], ..Settled::default() });
+        published.settle(&Settled { committed: true, numbered: vec![total], ..Settled::default() });
         assert_eq!(published.after(0, 1, |_| true).err(), Some(100));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_writer_forgets_a_queued_copy_only_while_no_session_is_looking() {
-        let (_conn, published, dir) = published("looking");
-        let published = Arc::new(published);
-        number(&published, 9, true);
-        let looking = published.looking();
-        let settling = {
-            let published = Arc::clone(&published);
-            std::thread::spawn(move || {
-                published.settle(&Settled { committed: true, numbered: vec![(1, 9)], ..Settled::default() });
-            })
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(published.numbering().in_flight.contains_key(&9), "forgotten while a session looked");
-        drop(looking);
-        settling.join().unwrap();
-        assert!(!published.numbering().in_flight.contains_key(&9));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
