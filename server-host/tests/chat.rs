@@ -95,6 +95,70 @@ async fn a_direct_message_waits_for_an_offline_recipient_and_is_shown_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_back_from_offline_gets_a_backlog_longer_than_the_server_keeps_in_memory() {
+    // More messages than the recent list keeps (8,192): the device reads the oldest
+    // from SQLite, then switches to memory, and must miss none at the switch. The last
+    // messages SQLite serves are in a room it is not in, so its read ends short of them.
+    const FIRST: usize = 100;
+    const ELSEWHERE: usize = 300;
+    const COUNT: usize = FIRST + ELSEWHERE + 8192;
+    let server = TestServer::start_with(
+        &[("alice", "pa", false), ("bob", "pb", false)],
+        "messages_per_sec = 60000\nmessage_burst = 60000",
+    );
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let side = name("side");
+    alice.request(&ClientMessage::CreateRoom { room: side.clone() }).await.unwrap();
+    alice
+        .wait_for(|e| matches!(e, Event::Message(ServerMessage::RoomJoined { .. })).then_some(()))
+        .await
+        .unwrap();
+    let to = |i: usize| {
+        if (FIRST..FIRST + ELSEWHERE).contains(&i) { Target::Room(side.clone()) } else { general() }
+    };
+    let mut queued = std::collections::HashMap::new();
+    let mut expected = Vec::new();
+    let mut stored = 0;
+    // A window of messages at a time: queued, sent, and all of them stored. Events are
+    // taken one by one (her own deliveries too, not kept aside).
+    while stored < COUNT {
+        let mut window = 0;
+        while stored + window < COUNT {
+            let i = stored + window;
+            let Ok(id) = alice.queue_message(to(i), format!("m{i}").as_str().try_into().unwrap()) else {
+                break;
+            };
+            queued.insert(id, i);
+            window += 1;
+        }
+        alice.flush().await.unwrap();
+        while window > 0 {
+            let event =
+                timeout(Duration::from_secs(10), alice.next_event()).await.expect("events within 10 s");
+            if let Event::Message(ServerMessage::Stored { client_id, seq, .. }) = event.unwrap() {
+                if to(queued[&client_id]) == general() {
+                    expected.push(seq);
+                }
+                stored += 1;
+                window -= 1;
+            }
+            alice.flush().await.unwrap();
+        }
+    }
+    expected.sort_unstable();
+
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let mut delivered = Vec::with_capacity(expected.len());
+    while delivered.len() < expected.len() {
+        let m = next_delivery(&mut bob).await;
+        if m.from.as_str() == "alice" {
+            delivered.push(m.seq);
+        }
+    }
+    assert_eq!(delivered, expected, "every message once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_acknowledgement_goes_out_after_its_delay_while_the_client_only_waits() {
     let server = TestServer::start(&[("alice", "pa", false), ("bob", "pb", false)]);
     let mut alice = server.connect("alice", "pa").await.unwrap();
