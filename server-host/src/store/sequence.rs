@@ -30,11 +30,11 @@
 //! - **No copy is shown as new.** A client resends a message after a reconnect when it
 //!   did not hear `Stored`. A text is shown at once only if its key (sender, client id)
 //!   was certainly never numbered before: every key is remembered as it is numbered, in
-//!   the same step, and every stored one since the store opened ([`SeenKeys`]). Any
+//!   the same step, and every stored one is read in when the store opens ([`SeenKeys`]). Any
 //!   other waits for the writer, which finds the earlier copy in its transaction.
 //! - **A session that reads SQLite misses nothing.** A slot leaves the recent list only
 //!   once every number up to it is committed or burned, and a session reads SQLite only
-//!   up to the last number that left it (`covered_after`).
+//!   up to the last number that left it (which [`Published::after`] returns).
 //! - **A failed batch** (a full disk) may have shown messages that are not stored.
 //!   Their senders hear so and resend them under the same client ids; clients drop the
 //!   second copy by `(sender, client id)`.
