@@ -75,6 +75,12 @@ impl SeenKeys {
         if self.layers.iter().any(|layer| layer.contains(key)) {
             return true;
         }
+        self.remember(key);
+        false
+    }
+
+    /// Remembers `key` without asking (filling the set from the log: half the probes).
+    pub(super) fn remember(&mut self, key: u64) {
         let capacity = self.layers.last().map_or(FIRST_LAYER, |layer| layer.capacity);
         if self.layers.last().is_none_or(|layer| layer.keys >= layer.capacity) {
             self.layers.push(Layer::new(capacity * 2));
@@ -82,7 +88,6 @@ impl SeenKeys {
         if let Some(layer) = self.layers.last_mut() {
             layer.insert(key);
         }
-        false
     }
 
     /// Bytes held.

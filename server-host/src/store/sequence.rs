@@ -344,9 +344,10 @@ fn stored_keys(conn: &Connection, hasher: &impl BuildHasher) -> Result<SeenKeys,
     let mut statement = conn.prepare("SELECT sender, client_id FROM messages")?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
-        let sender: String = row.get(0)?;
+        let sender =
+            row.get_ref(0)?.as_str().map_err(|_| StoreError::Corrupt("a sender is not text".into()))?;
         let client_id: i64 = row.get(1)?;
-        seen.insert(hasher.hash_one((sender.as_str(), client_id as ClientMsgId)));
+        seen.remember(hasher.hash_one((sender, client_id as ClientMsgId)));
     }
     Ok(seen)
 }
