@@ -198,11 +198,7 @@ impl Published {
             Some(message) => Slot::Shown(message),
             None => Slot::Pending,
         });
-        if numbering.advance_visible() {
-            let visible = numbering.visible_through;
-            drop(numbering);
-            self.show_through(visible);
-        }
+        self.show_decided(numbering);
         Ok(seq)
     }
 
@@ -242,11 +238,7 @@ impl Published {
         if let Some(place) = numbering.slot_mut(seq) {
             *place = slot;
         }
-        if numbering.advance_visible() {
-            let visible = numbering.visible_through;
-            drop(numbering);
-            self.show_through(visible);
-        }
+        self.show_decided(numbering);
     }
 
     /// A batch ended (`committed` or not): its messages waiting for the commit are shown
@@ -279,14 +271,17 @@ impl Published {
             numbering.slots.pop_front();
             numbering.first += 1;
         }
-        if numbering.advance_visible() {
-            let visible = numbering.visible_through;
-            drop(numbering);
-            self.show_through(visible);
-        }
+        self.show_decided(numbering);
     }
 
-    fn show_through(&self, visible: Seq) {
+    /// Moves past every decided slot and, if that moved, wakes the sessions (after the
+    /// lock is released).
+    fn show_decided(&self, mut numbering: MutexGuard<'_, Numbering>) {
+        if !numbering.advance_visible() {
+            return;
+        }
+        let visible = numbering.visible_through;
+        drop(numbering);
         self.latest.send_if_modified(|latest| {
             let newer = visible > *latest;
             *latest = (*latest).max(visible);
