@@ -40,7 +40,7 @@ use crate::files::{Disk, Download, FileSink, Pace, Turns, Upload, WINDOW, open_p
 use crate::hub::{Hub, HubEvent, Incoming, Registration};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
-use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, Outbound, QueueFull, TransportError};
+use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, QueueFull, TransportError};
 use crate::{generate_passphrase, unix_millis};
 use casataa_proto::ccm_mode::LANES;
 
@@ -70,10 +70,13 @@ thread_local! {
 
 /// The rooms of a session's user as of a membership version of the hub
 /// ([`crate::hub::Hub::membership_version`]): kept while messages are delivered, so a
-/// delivery does not take the hub's lock, and let go at the session's tick.
+/// delivery does not take the hub's lock, and let go at the first tick of the
+/// session's that follows a tick without a delivery.
 struct RoomsSeen {
     version: u64,
     rooms: std::collections::HashSet<Name>,
+    /// Whether a delivery used them since the last tick.
+    used: bool,
 }
 
 /// Everything a connection needs from the server.
@@ -424,7 +427,7 @@ async fn run_session(
     addr: String,
 ) -> End {
     let (name, device) = (accepted.user.to_string(), accepted.login.device);
-    let cursor = match Box::pin(ctx.hub.store().read(move |conn| store::cursor(conn, &name, &device))).await {
+    let cursor = match Box::pin(ctx.hub.store().cursor(name, device)).await {
         Ok(cursor) => cursor,
         Err(e) => return End::Store(e),
     };
@@ -435,9 +438,7 @@ async fn run_session(
         Err(end) => return end,
     };
     let end = Box::pin(live.run(reader, cursor)).await;
-    if let Err(e) = Box::pin(live.persist_cursor()).await {
-        tracing::warn!("cannot save the cursor of {}: {e}", live.user);
-    }
+    live.persist_cursor();
     let user = live.user.to_string();
     let detail = match &end {
         End::Transport(why) => format!("{user} disconnected: {why}"),
@@ -550,23 +551,23 @@ impl Live<'_> {
         self.queue_encoded(Lane::Control, |session, out| session.encode_delivery(message, out))
     }
 
-    /// Queues the frame `encode` writes, to be sealed when it is written, and counts it.
+    /// Queues the frame `encode` writes, and counts it.
     fn queue_encoded(
         &mut self,
         lane: Lane,
         encode: impl FnOnce(&ServerCodec, &mut [u8]) -> Result<usize, SessionError>,
     ) -> Result<(), End> {
         // Encoded in a scratch buffer of the worker thread, then copied at its exact
-        // size: an idle session holds no 64 KiB buffer of its own.
-        let (frame, len) = SCRATCH.with(|scratch| {
+        // size (see `OutQueue::push_plain`): an idle session holds no 64 KiB buffer of
+        // its own.
+        let total = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let len = encode(&self.session, &mut scratch)?;
-            let total = HEADER_LEN + len + TAG_LEN;
-            Ok::<_, SessionError>((scratch.get(..total).unwrap_or_default().to_vec(), len))
+            self.queue.push_plain(&scratch, len, lane)?;
+            Ok::<_, End>(HEADER_LEN + len + TAG_LEN)
         })?;
-        self.registration.mailbox.stats.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.registration.mailbox.stats.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
         self.registration.mailbox.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.queue.push_to(Outbound::Plain { frame, len }, lane)?;
         Ok(())
     }
 
@@ -665,11 +666,14 @@ impl Live<'_> {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     pending.release_if_empty();
-                    // Asked for again at the next delivery: an idle session holds none.
-                    self.rooms = None;
-                    if let Err(e) = Box::pin(self.persist_cursor()).await {
-                        return End::Store(e);
+                    // Let go once a tick passed without a delivery (asked for again at
+                    // the next one): an idle session holds none.
+                    if let Some(seen) = &mut self.rooms
+                        && !std::mem::take(&mut seen.used)
+                    {
+                        self.rooms = None;
                     }
+                    self.persist_cursor();
                     if self.queue.bytes() > 0 && self.queue.stalled_for() > stall {
                         Err(End::Closed(CloseReason::TooSlow))
                     } else if now >= last_heard + idle {
@@ -693,18 +697,13 @@ impl Live<'_> {
         }
     }
 
-    /// Writes the acknowledged cursor if it moved.
-    async fn persist_cursor(&mut self) -> Result<(), StoreError> {
+    /// Hands the acknowledged cursor to the store if it moved (written with its next
+    /// commit).
+    fn persist_cursor(&mut self) {
         if self.acked > self.persisted {
-            let (user, device, up_to) = (self.user.to_string(), self.device, self.acked);
-            self.ctx
-                .hub
-                .store()
-                .write_detached(move |conn| store::advance_cursor(conn, &user, &device, up_to))
-                .await?;
-            self.persisted = up_to;
+            self.ctx.hub.store().advance_cursor(&self.user, self.device, self.acked);
+            self.persisted = self.acked;
         }
-        Ok(())
     }
 
     /// Sends the user's next stored messages while the queue has room: from the
@@ -715,9 +714,11 @@ impl Live<'_> {
             let rooms = match self.rooms.take() {
                 Some(seen) if seen.version == version => seen,
                 // The version is read first: a change made meanwhile shows next time.
-                _ => Box::new(RoomsSeen { version, rooms: self.ctx.hub.rooms_of(&self.user) }),
+                _ => Box::new(RoomsSeen { version, rooms: self.ctx.hub.rooms_of(&self.user), used: true }),
             };
-            let rooms = &*self.rooms.insert(rooms);
+            let rooms = &mut **self.rooms.insert(rooms);
+            rooms.used = true;
+            let rooms = &*rooms;
             let user = &self.user;
             let recent = self.ctx.hub.store().recent_after(self.sent_up_to, PULL_BATCH, |m| match &m.to {
                 Target::Room(room) => rooms.rooms.contains(room),

@@ -22,7 +22,7 @@ use bytes::{Buf, BytesMut};
 use casataa_proto::aead::{BatchError, FrameOpener, FrameSealer, OpenError};
 use casataa_proto::ccm_mode::LANES;
 use casataa_proto::frame::{FrameError, StreamItem, check_datagram, decode_stream, length_prefix};
-use casataa_proto::limits::LEN_PREFIX_LEN;
+use casataa_proto::limits::{HEADER_LEN, LEN_PREFIX_LEN, TAG_LEN};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -491,6 +491,50 @@ impl OutQueue {
         Ok(())
     }
 
+    /// Queues the plaintext frame in `plain` (laid out as in [`Outbound::Plain`]: the
+    /// header byte's place, `len` bytes of plaintext, room for the tag) in `lane`.
+    ///
+    /// On TCP, with no control frame waiting, it is sealed straight into the bytes going
+    /// out: no buffer of its own, no batch to gather. That is every delivery to a
+    /// session that keeps up, and it still overtakes file chunks waiting in the bulk
+    /// lane. Otherwise it waits in its lane, in a buffer of its own.
+    pub fn push_plain(&mut self, plain: &[u8], len: usize, lane: Lane) -> Result<(), QueueFull> {
+        let total = HEADER_LEN + len + TAG_LEN;
+        let frame = plain.get(..total).unwrap_or(plain);
+        if let (FrameWriter::Tcp(_), Some(sealer), true) =
+            (&self.writer, self.sealer.as_mut(), self.lanes.control.is_empty())
+        {
+            let size = LEN_PREFIX_LEN + frame.len();
+            if self.bytes + size > self.limit {
+                return Err(QueueFull);
+            }
+            if self.written == self.wire.len() {
+                self.wire.clear();
+                self.written = 0;
+            } else if self.written >= WRITE_BATCH_BYTES {
+                // A client that keeps reading, but slower than frames come: what it took
+                // leaves the buffer, so it does not grow with the bytes written.
+                self.wire.drain(..self.written);
+                self.written = 0;
+            }
+            let start = self.wire.len();
+            self.wire.extend_from_slice(&length_prefix(frame.len()));
+            self.wire.extend_from_slice(frame);
+            match self.wire.get_mut(start + LEN_PREFIX_LEN..).map(|frame| sealer.seal_in_place(frame, len)) {
+                Some(Ok(_)) => {
+                    if self.bytes == 0 {
+                        self.progress = std::time::Instant::now();
+                    }
+                    self.bytes += size;
+                    return Ok(());
+                }
+                // Left to fail where a queued frame would: when it is written.
+                _ => self.wire.truncate(start),
+            }
+        }
+        self.push_to(Outbound::Plain { frame: frame.to_vec(), len }, lane)
+    }
+
     /// Bytes waiting to be written.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -823,6 +867,81 @@ mod tests {
         assert_eq!(plaintexts[0], b"hello");
         for (i, chunk) in plaintexts[1..].iter().enumerate() {
             assert_eq!(chunk, &vec![i as u8; 1000]);
+        }
+    }
+
+    /// `push_plain` buffer: the frame `i` of `len` bytes, laid out for sealing.
+    fn plain_frame(i: u8, len: usize) -> Vec<u8> {
+        let mut frame = vec![0u8; 1 + len + 16];
+        frame[1..1 + len].fill(i);
+        frame
+    }
+
+    /// A frame sealed the moment it is queued keeps its place: behind control frames
+    /// already waiting, ahead of file chunks; and every frame still opens.
+    #[tokio::test]
+    async fn a_frame_sealed_when_queued_keeps_its_place_and_everything_opens() {
+        let (write, mut client) = tcp_pair().await;
+        let mut queue = OutQueue::new(FrameWriter::Tcp(write), 1 << 20, 1 << 10);
+        let key = [6u8; 16];
+        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        queue.push_to(chunk(100, 1000), Lane::Bulk).unwrap();
+        // No control frame waits: sealed at once, ahead of the chunk.
+        queue.push_plain(&plain_frame(1, 10), 10, Lane::Control).unwrap();
+        assert!(queue.lanes.control.is_empty() && queue.wire.len() == LEN_PREFIX_LEN + 1 + 10 + 16);
+        queue.push_to(chunk(2, 20), Lane::Control).unwrap();
+        // A control frame waits: this one queues behind it.
+        queue.push_plain(&plain_frame(3, 30), 30, Lane::Control).unwrap();
+        assert_eq!(queue.lanes.control.len(), 2);
+        assert_eq!(queue.bytes(), LEN_PREFIX_LEN + 27 + 1017 + 37 + 47);
+        queue.finish().await.unwrap();
+        assert_eq!(queue.bytes(), 0);
+
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        let plaintexts = open_all(&received, &key);
+        let order: Vec<(u8, usize)> = plaintexts.iter().map(|p| (p[0], p.len())).collect();
+        assert_eq!(order, [(1, 10), (2, 20), (3, 30), (100, 1000)]);
+    }
+
+    /// Frames sealed when queued to a client that reads slower than they come: the
+    /// buffer drops what the socket took, rather than grow with everything written.
+    #[tokio::test]
+    async fn frames_sealed_when_queued_to_a_slow_reader_keep_the_buffer_bounded_and_all_arrive() {
+        let (write, mut client) = tcp_pair().await;
+        let mut queue = OutQueue::new(FrameWriter::Tcp(write), 256 << 10, 1 << 10);
+        let key = [8u8; 16];
+        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        let reading = tokio::spawn(async move {
+            let mut received = Vec::new();
+            let mut buffer = vec![0u8; 16 << 10];
+            loop {
+                match client.read(&mut buffer).await.unwrap() {
+                    0 => return received,
+                    n => received.extend_from_slice(&buffer[..n]),
+                }
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            }
+        });
+        let frames = 3000;
+        for i in 0..frames {
+            while queue.push_plain(&plain_frame((i % 251) as u8, 1000), 1000, Lane::Control).is_err() {
+                queue.writable().await.unwrap();
+                queue.write_some().unwrap();
+            }
+            assert!(
+                queue.wire.len() <= queue.bytes() + WRITE_BATCH_BYTES,
+                "{} bytes buffered for {} waiting",
+                queue.wire.len(),
+                queue.bytes()
+            );
+            queue.write_some().unwrap();
+        }
+        queue.finish().await.unwrap();
+        let plaintexts = open_all(&reading.await.unwrap(), &key);
+        assert_eq!(plaintexts.len(), frames);
+        for (i, frame) in plaintexts.iter().enumerate() {
+            assert!(frame.len() == 1000 && frame.iter().all(|&b| b == (i % 251) as u8), "frame {i}");
         }
     }
 

@@ -10,6 +10,7 @@
 //! their own connections; WAL lets them proceed while the writer commits.
 
 mod backup;
+mod cursors;
 mod queries;
 mod schema;
 mod seen;
@@ -25,6 +26,7 @@ use rusqlite::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 pub use self::backup::{BackupReport, DataDirLock, RestoreReport, backup, restore};
+use self::cursors::Moved;
 use self::sequence::{Outcome, Published, Settled, Start};
 use crate::metrics::Histogram;
 
@@ -138,6 +140,8 @@ struct Inner {
     room: Arc<Semaphore>,
     readers: Mutex<Vec<Connection>>,
     published: Arc<Published>,
+    /// Cursors noted and not yet committed (`cursors.rs`).
+    moved_cursors: Arc<Moved>,
     server_id: ServerId,
     server_secret: [u8; 32],
     commit_latency: Arc<Histogram>,
@@ -163,11 +167,13 @@ impl Store {
         let (jobs, queue) = mpsc::channel::<Job>();
         let commit_latency = Arc::new(Histogram::default());
         let writer_latency = Arc::clone(&commit_latency);
+        let moved_cursors = Arc::new(Moved::default());
+        let writer = Writer { published: writer_published, moved_cursors: Arc::clone(&moved_cursors) };
         // The thread ends when the last `Store` handle is dropped; `flush` waits for
         // everything queued before that.
         thread::Builder::new()
             .name("casataa-store-writer".into())
-            .spawn(move || run_writer(conn, queue, &writer_published, &writer_latency))
+            .spawn(move || writer.run(conn, queue, &writer_latency))
             .map_err(StoreError::Io)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -176,6 +182,7 @@ impl Store {
                 room: Arc::new(Semaphore::new(QUEUE_MAX)),
                 readers: Mutex::new(Vec::new()),
                 published,
+                moved_cursors,
                 server_id,
                 server_secret,
                 commit_latency,
@@ -283,7 +290,22 @@ impl Store {
         self.inner.published.after(seq, limit, wanted)
     }
 
-    /// Like [`Self::write`], without waiting for the result (cursor moves).
+    /// Moves `user`'s `device`'s cursor forward to `seq` (never back). It is written in
+    /// the writer's next transaction, or within a second when there is none, without a
+    /// job of its own (see `cursors.rs`).
+    pub fn advance_cursor(&self, user: &str, device: [u8; 16], seq: Seq) {
+        self.inner.moved_cursors.note(user, device, seq);
+    }
+
+    /// The cursor of `user`'s `device`: the last one noted, committed or not.
+    pub async fn cursor(&self, user: String, device: [u8; 16]) -> Result<Seq, StoreError> {
+        // Read before SQLite: a cursor leaves the noted ones only once committed.
+        let noted = self.inner.moved_cursors.get(&user, device).unwrap_or(0);
+        let stored = self.read(move |conn| cursor(conn, &user, &device)).await?;
+        Ok(stored.max(noted))
+    }
+
+    /// Like [`Self::write`], without waiting for the result.
     pub async fn write_detached<F>(&self, work: F) -> Result<(), StoreError>
     where
         F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
@@ -377,87 +399,125 @@ fn chat_message(message: &NewMessage, seq: Seq, at: casataa_proto::types::UnixMi
     }
 }
 
-/// The writer loop: one transaction per batch of waiting jobs.
-fn run_writer(mut conn: Connection, queue: mpsc::Receiver<Job>, published: &Published, latency: &Histogram) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// What the writer thread shares with the sessions.
+struct Writer {
+    published: Arc<Published>,
+    moved_cursors: Arc<Moved>,
+}
+
+type BatchOutcome = Result<Vec<Completion>, (Vec<Completion>, StoreError)>;
+
+impl Writer {
+    /// The writer loop: one transaction per batch of waiting jobs, with every cursor
+    /// noted meanwhile; a transaction for cursors alone once they waited
+    /// [`cursors::FLUSH_AFTER`] with no job.
+    fn run(self, mut conn: Connection, queue: mpsc::Receiver<Job>, latency: &Histogram) {
+        loop {
+            let mut batch = match queue.recv_timeout(cursors::FLUSH_AFTER) {
+                Ok(first) => vec![first],
+                Err(mpsc::RecvTimeoutError::Timeout) if self.moved_cursors.is_empty() => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            while (1..BATCH_MAX).contains(&batch.len()) {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
+            self.commit(&mut conn, batch, latency);
         }
+        // The last handle is gone: what sessions noted on their way out.
+        if !self.moved_cursors.is_empty() {
+            self.commit(&mut conn, Vec::new(), latency);
+        }
+    }
+
+    /// Commits `batch` and the noted cursors, then settles the batch's numbers and
+    /// tells each job's caller.
+    fn commit(&self, conn: &mut Connection, batch: Vec<Job>, latency: &Histogram) {
         let mut settled =
             Settled { numbered: batch.iter().filter_map(|job| job.numbered).collect(), ..Settled::default() };
         let started = std::time::Instant::now();
-        let outcome = commit_batch(&mut conn, published, &mut settled, batch);
+        let cursors = self.moved_cursors.pending();
+        let outcome = self.commit_batch(conn, &mut settled, batch, &cursors);
         latency.record(started.elapsed());
         let (completions, result) = match outcome {
-            Ok(completions) => (completions, Ok(())),
+            Ok(completions) => {
+                self.moved_cursors.committed(cursors);
+                (completions, Ok(()))
+            }
             Err((completions, e)) => {
                 tracing::error!("store commit failed: {e}");
                 (completions, Err(e))
             }
         };
         settled.committed = result.is_ok();
-        published.settle(&settled);
+        self.published.settle(&settled);
         for completion in completions {
             completion(result.as_ref().map(|_| ()));
         }
     }
-}
 
-type BatchOutcome = Result<Vec<Completion>, (Vec<Completion>, StoreError)>;
-
-fn commit_batch(
-    conn: &mut Connection,
-    published: &Published,
-    settled: &mut Settled,
-    batch: Vec<Job>,
-) -> BatchOutcome {
-    // IMMEDIATE: take the write lock at BEGIN, waiting (busy timeout) for another
-    // process such as `casataa-server user add`. A deferred transaction that upgrades
-    // to writing while another writer holds the lock fails at once instead.
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        // The jobs are dropped unrun: their callers see the store as closed, and their
-        // numbers are burned.
-        Err(e) => return Err((Vec::new(), e.into())),
-    };
-    if let Err(e) = settled.reserve_ahead(&tx, published) {
-        // Messages past the reservation are then shown once committed instead of before.
-        tracing::warn!("cannot reserve sequence numbers ahead: {e}");
-    }
-    let mut completions = Vec::with_capacity(batch.len());
-    // The places in the queue are given back once the batch has ended.
-    let mut places = Vec::with_capacity(batch.len());
-    // The writer's statements are prepared once and kept (`prepare_cached`): parsing
-    // them again for every job was a fifth of the writer's time at 1,000 clients.
-    let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut statement| statement.execute([]));
-    for Job { work, numbered, _room: place } in batch {
-        places.push(place);
-        // A savepoint per job: a job that fails leaves nothing behind, and the rest
-        // of the batch still commits.
-        if let Err(e) = run("SAVEPOINT job") {
-            return Err((completions, e.into()));
-        }
-        let (succeeded, completion, decided) = work(&tx);
-        completions.push(completion);
-        let ended = if succeeded {
-            run("RELEASE job")
-        } else {
-            run("ROLLBACK TO job").and_then(|_| run("RELEASE job"))
+    fn commit_batch(
+        &self,
+        conn: &mut Connection,
+        settled: &mut Settled,
+        batch: Vec<Job>,
+        cursors: &[((String, [u8; 16]), Seq)],
+    ) -> BatchOutcome {
+        let published = &*self.published;
+        // IMMEDIATE: take the write lock at BEGIN, waiting (busy timeout) for another
+        // process such as `casataa-server user add`. A deferred transaction that
+        // upgrades to writing while another writer holds the lock fails at once instead.
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            // The jobs are dropped unrun: their callers see the store as closed, and
+            // their numbers are burned.
+            Err(e) => return Err((Vec::new(), e.into())),
         };
-        if let Err(e) = ended {
-            return Err((completions, e.into()));
+        if let Err(e) = settled.reserve_ahead(&tx, published) {
+            // Messages past the reservation are then shown once committed instead of
+            // before.
+            tracing::warn!("cannot reserve sequence numbers ahead: {e}");
         }
-        if let (Some(seq), Some(decided)) = (numbered, decided) {
-            settled.decide(published, seq, decided);
+        let mut completions = Vec::with_capacity(batch.len());
+        // The places in the queue are given back once the batch has ended.
+        let mut places = Vec::with_capacity(batch.len());
+        // The writer's statements are prepared once and kept (`prepare_cached`): parsing
+        // them again for every job was a fifth of the writer's time at 1,000 clients.
+        let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut statement| statement.execute([]));
+        for Job { work, numbered, _room: place } in batch {
+            places.push(place);
+            // A savepoint per job: a job that fails leaves nothing behind, and the rest
+            // of the batch still commits.
+            if let Err(e) = run("SAVEPOINT job") {
+                return Err((completions, e.into()));
+            }
+            let (succeeded, completion, decided) = work(&tx);
+            completions.push(completion);
+            let ended = if succeeded {
+                run("RELEASE job")
+            } else {
+                run("ROLLBACK TO job").and_then(|_| run("RELEASE job"))
+            };
+            if let Err(e) = ended {
+                return Err((completions, e.into()));
+            }
+            if let (Some(seq), Some(decided)) = (numbered, decided) {
+                settled.decide(published, seq, decided);
+            }
         }
-    }
-    match tx.commit() {
-        Ok(()) => Ok(completions),
-        Err(e) => Err((completions, e.into())),
+        for ((user, device), seq) in cursors {
+            // A cursor that cannot be written (its user just deleted) fails alone.
+            if let Err(e) = advance_cursor(&tx, user, device, *seq) {
+                tracing::warn!("cannot save the cursor of {user}: {e}");
+            }
+        }
+        match tx.commit() {
+            Ok(()) => Ok(completions),
+            Err(e) => Err((completions, e.into())),
+        }
     }
 }
 
@@ -465,6 +525,8 @@ fn commit_batch(
 mod tests {
     use casataa_proto::message::FileInfo;
     use casataa_proto::types::{Name, Target};
+
+    use std::time::Duration;
 
     use super::*;
 
@@ -717,6 +779,56 @@ mod tests {
         keys.sort();
         assert_eq!(keys, ["kept-0", "kept-1", "kept-2", "kept-3"]);
         drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The cursor of `ada`'s `device` as SQLite holds it.
+    async fn stored_cursor(store: &Store, device: [u8; 16]) -> Seq {
+        store.read(move |conn| cursor(conn, "ada", &device)).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cursor_is_read_back_at_once_and_committed_with_the_next_batch() {
+        let dir = fresh_dir("cursor-batch");
+        let store = Store::open(&dir, 1).unwrap();
+        let device = [7; 16];
+        let (running, release, held) = holding_job(&store);
+        running.await.unwrap();
+        store.advance_cursor("ada", device, 42);
+        store.advance_cursor("ada", device, 40);
+        assert_eq!(store.cursor("ada".into(), device).await.unwrap(), 42, "read back uncommitted, never back");
+        assert_eq!(stored_cursor(&store, device).await, 0, "nothing commits while the writer is held");
+        release.send(()).unwrap();
+        held.await.unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(stored_cursor(&store, device).await, 42);
+        assert!(store.inner.moved_cursors.is_empty(), "gone from memory once committed");
+        assert_eq!(store.cursor("ada".into(), device).await.unwrap(), 42);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cursor_is_committed_alone_when_nothing_else_is_and_when_the_store_closes() {
+        let dir = fresh_dir("cursor-alone");
+        let store = Store::open(&dir, 1).unwrap();
+        let device = [8; 16];
+        store.advance_cursor("ada", device, 5);
+        let waiting = std::time::Instant::now();
+        while stored_cursor(&store, device).await != 5 {
+            assert!(waiting.elapsed() < Duration::from_secs(10), "not committed without another job");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Noted on the way out, as a session's last cursor is at shutdown.
+        store.advance_cursor("ada", device, 9);
+        drop(store);
+        let conn = queries::open_connection(&database_path(&dir)).unwrap();
+        let waiting = std::time::Instant::now();
+        while cursor(&conn, "ada", &device).unwrap() != 9 {
+            assert!(waiting.elapsed() < Duration::from_secs(10), "lost when the store closed");
+            thread::sleep(Duration::from_millis(50));
+        }
+        drop(conn);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
