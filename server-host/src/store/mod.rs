@@ -796,7 +796,11 @@ mod tests {
         running.await.unwrap();
         store.advance_cursor("ada", device, 42);
         store.advance_cursor("ada", device, 40);
-        assert_eq!(store.cursor("ada".into(), device).await.unwrap(), 42, "read back uncommitted, never back");
+        assert_eq!(
+            store.cursor("ada".into(), device).await.unwrap(),
+            42,
+            "read back uncommitted, never back"
+        );
         assert_eq!(stored_cursor(&store, device).await, 0, "nothing commits while the writer is held");
         release.send(()).unwrap();
         held.await.unwrap();
