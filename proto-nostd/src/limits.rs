@@ -76,8 +76,9 @@ pub const OUTBOX_DEFAULT: usize = 32;
 pub const ACK_BATCH: u16 = 64;
 
 /// The longest such a client holds an acknowledgement back, in milliseconds. The
-/// server writes cursors every 250 ms, so a hold no longer than that loses nothing; a
-/// broken connection redelivers at most this much, which the watermark drops. A
+/// server writes a cursor at the latest a second or two after the `Ack`, so a hold
+/// this short adds little to what a crash makes it deliver again; a broken connection
+/// redelivers at most this much, which the watermark drops. A
 /// client sends at most 4 `Ack`s a second unless 64 deliveries come sooner (at 50 ms
 /// it was up to 20: a room of 1,000 at 40 messages a second sent the server 20,000).
 pub const ACK_DELAY_MS: u32 = 250;

@@ -586,9 +586,11 @@ impl Live<'_> {
         let mut last_heard = Instant::now();
         let mut ping_sent = false;
         // Liveness checks on a steady tick, so a busy session still notices a stalled
-        // writer or a silent client.
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(250).min(stall / 4).max(Duration::from_millis(10)));
+        // writer or a silent client: a second with the default limits (each tick is a
+        // round of the loop, at 1,000 sessions 1,000 a second), finer for short ones.
+        let mut tick = tokio::time::interval(
+            Duration::from_secs(1).min(stall / 4).min(idle / 4).max(Duration::from_millis(10)),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Checked at every step, so that a kick or a shutdown is not held up by a
@@ -606,11 +608,17 @@ impl Live<'_> {
             // thread do not wait behind a socketful of chunks (this session's own
             // frames went out just above).
             self.turns.take_turn().await;
-            if self.backlog
-                && self.queue.has_room()
-                && let Err(end) = Box::pin(self.deliver_more()).await
-            {
-                return end;
+            if self.backlog && self.queue.has_room() {
+                // From memory without leaving this step; only a read from SQLite waits
+                // (and is boxed, so its future takes no room in the session's).
+                let delivered = match self.deliver_recent() {
+                    Ok(Some(up_to)) => Box::pin(self.deliver_stored(up_to)).await,
+                    Ok(None) => Ok(()),
+                    Err(end) => Err(end),
+                };
+                if let Err(end) = delivered {
+                    return end;
+                }
             }
             if let Err(end) = self.pump_downloads() {
                 return end;
@@ -706,67 +714,74 @@ impl Live<'_> {
         }
     }
 
-    /// Sends the user's next stored messages while the queue has room: from the
-    /// recent messages in memory when they reach back far enough, else from SQLite.
-    async fn deliver_more(&mut self) -> Result<(), End> {
+    /// Sends the user's next messages from the recent ones in memory while the queue
+    /// has room. Returns the number SQLite holds every message up to when they do not
+    /// reach back to this session's (read it with [`Self::deliver_stored`]).
+    fn deliver_recent(&mut self) -> Result<Option<Seq>, End> {
         while self.queue.has_room() {
             let version = self.ctx.hub.membership_version();
             let rooms = match self.rooms.take() {
                 Some(seen) if seen.version == version => seen,
                 // The version is read first: a change made meanwhile shows next time.
-                _ => Box::new(RoomsSeen { version, rooms: self.ctx.hub.rooms_of(&self.user), used: true }),
+                _ => Box::new(RoomsSeen { version, rooms: self.ctx.hub.rooms_of(&self.user), used: false }),
             };
             let rooms = &mut **self.rooms.insert(rooms);
             rooms.used = true;
-            let rooms = &*rooms;
-            let user = &self.user;
+            let (rooms, user) = (&rooms.rooms, &self.user);
             let recent = self.ctx.hub.store().recent_after(self.sent_up_to, PULL_BATCH, |m| match &m.to {
-                Target::Room(room) => rooms.rooms.contains(room),
+                Target::Room(room) => rooms.contains(room),
                 Target::User(peer) => peer == user || &m.from == user,
             });
-            // Encoded from where the messages are kept: no copy of each message.
-            let (batch, read_through): (Vec<Arc<ChatMessage>>, _) = match recent {
-                Ok(messages) => (messages, None),
-                // Only as far as SQLite holds every message: beyond that, messages
-                // numbered earlier may still be written after later ones.
-                Err(up_to) => {
-                    let read = self
-                        .ctx
-                        .hub
-                        .store()
-                        .messages_for(self.user.to_string(), self.sent_up_to, up_to, PULL_BATCH)
-                        .await?;
-                    (read.into_iter().map(Arc::new).collect(), Some(up_to))
-                }
+            let batch = match recent {
+                Ok(batch) => batch,
+                Err(up_to) => return Ok(Some(up_to)),
             };
-            // Queued while there is room, so the queue stays near its low-water mark
-            // however large the messages: the rest are pulled again next time.
-            let mut delivered = 0;
-            for message in &batch {
-                if !self.queue.has_room() {
-                    break;
-                }
-                self.send_delivery(message)?;
-                self.sent_up_to = message.seq;
-                delivered += 1;
-            }
-            self.registration.mailbox.stats.deliveries.fetch_add(delivered as u64, Ordering::Relaxed);
-            let short = delivered == batch.len() && delivered < PULL_BATCH;
-            match read_through {
-                // Nothing more for this user in SQLite up to there: the recent
-                // messages next.
-                Some(up_to) if short => self.sent_up_to = self.sent_up_to.max(up_to),
-                // A short batch, all of it queued: caught up, without asking again. A
-                // message shown since then changes `latest_seq` again.
-                None if short => {
-                    self.backlog = false;
-                    return Ok(());
-                }
-                _ => {}
+            // A short batch, all of it queued: caught up, without asking again. A
+            // message shown since then changes `latest_seq` again.
+            if self.queue_deliveries(&batch)? {
+                self.backlog = false;
+                return Ok(None);
             }
         }
         self.backlog = true;
+        Ok(None)
+    }
+
+    /// Sends a page of the user's messages from SQLite, no further than `up_to` (beyond
+    /// it, messages numbered earlier may still be written after later ones). After a
+    /// short page, nothing more for this user is in SQLite up to there: the recent
+    /// messages next.
+    async fn deliver_stored(&mut self, up_to: Seq) -> Result<(), End> {
+        let read = self
+            .ctx
+            .hub
+            .store()
+            .messages_for(self.user.to_string(), self.sent_up_to, up_to, PULL_BATCH)
+            .await?;
+        let batch: Vec<Arc<ChatMessage>> = read.into_iter().map(Arc::new).collect();
+        if self.queue_deliveries(&batch)? {
+            self.sent_up_to = self.sent_up_to.max(up_to);
+        }
+        self.backlog = true;
         Ok(())
+    }
+
+    /// Queues `batch` while there is room, so the queue stays near its low-water mark
+    /// however large the messages (the rest are pulled again next time). Encoded from
+    /// where the messages are kept: no copy of each message. Returns whether the batch
+    /// was short ([`PULL_BATCH`]) and all of it queued.
+    fn queue_deliveries(&mut self, batch: &[Arc<ChatMessage>]) -> Result<bool, End> {
+        let mut delivered = 0;
+        for message in batch {
+            if !self.queue.has_room() {
+                break;
+            }
+            self.send_delivery(message)?;
+            self.sent_up_to = message.seq;
+            delivered += 1;
+        }
+        self.registration.mailbox.stats.deliveries.fetch_add(delivered as u64, Ordering::Relaxed);
+        Ok(delivered == batch.len() && delivered < PULL_BATCH)
     }
 
     async fn on_frame(&mut self, frame: Bytes, pending: &mut PendingStores) -> Result<(), End> {
