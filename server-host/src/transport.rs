@@ -769,6 +769,15 @@ mod tests {
         (write, client)
     }
 
+    /// A queue that seals with `key`, holding up to `limit` bytes, on a socket whose
+    /// other end is returned.
+    async fn sealing_queue(key: &[u8; 16], limit: usize) -> (OutQueue, TcpStream) {
+        let (write, client) = tcp_pair().await;
+        let mut queue = OutQueue::new(FrameWriter::Tcp(write), limit, 1 << 10);
+        queue.install_sealer(FrameSealer::new(key, Direction::ServerToClient));
+        (queue, client)
+    }
+
     /// Opens every frame of `received` in order.
     fn open_all(received: &[u8], key: &[u8; 16]) -> Vec<Vec<u8>> {
         let mut opener = FrameOpener::new(key, Direction::ServerToClient);
@@ -847,10 +856,8 @@ mod tests {
     /// sealed in the order they are written.
     #[tokio::test]
     async fn a_chat_frame_queued_behind_chunks_is_written_first_and_everything_opens() {
-        let (write, mut client) = tcp_pair().await;
-        let mut queue = OutQueue::new(FrameWriter::Tcp(write), 1 << 20, 1 << 10);
         let key = [5u8; 16];
-        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        let (mut queue, mut client) = sealing_queue(&key, 1 << 20).await;
         for i in 0..4u8 {
             queue.push_to(chunk(i, 1000), Lane::Bulk).unwrap();
         }
@@ -881,10 +888,8 @@ mod tests {
     /// already waiting, ahead of file chunks; and every frame still opens.
     #[tokio::test]
     async fn a_frame_sealed_when_queued_keeps_its_place_and_everything_opens() {
-        let (write, mut client) = tcp_pair().await;
-        let mut queue = OutQueue::new(FrameWriter::Tcp(write), 1 << 20, 1 << 10);
         let key = [6u8; 16];
-        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        let (mut queue, mut client) = sealing_queue(&key, 1 << 20).await;
         queue.push_to(chunk(100, 1000), Lane::Bulk).unwrap();
         // No control frame waits: sealed at once, ahead of the chunk.
         queue.push_plain(&plain_frame(1, 10), 10, Lane::Control).unwrap();
@@ -908,10 +913,8 @@ mod tests {
     /// buffer drops what the socket took, rather than grow with everything written.
     #[tokio::test]
     async fn frames_sealed_when_queued_to_a_slow_reader_keep_the_buffer_bounded_and_all_arrive() {
-        let (write, mut client) = tcp_pair().await;
-        let mut queue = OutQueue::new(FrameWriter::Tcp(write), 256 << 10, 1 << 10);
         let key = [8u8; 16];
-        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        let (mut queue, mut client) = sealing_queue(&key, 256 << 10).await;
         let reading = tokio::spawn(async move {
             let mut received = Vec::new();
             let mut buffer = vec![0u8; 16 << 10];
@@ -950,11 +953,9 @@ mod tests {
     /// and once the client reads again everything arrives whole and in order.
     #[tokio::test]
     async fn a_client_that_stops_reading_blocks_the_queue_not_the_task_and_nothing_is_lost() {
-        let (write, mut client) = tcp_pair().await;
         let limit = 8 << 20;
-        let mut queue = OutQueue::new(FrameWriter::Tcp(write), limit, 1 << 10);
         let key = [7u8; 16];
-        queue.install_sealer(FrameSealer::new(&key, Direction::ServerToClient));
+        let (mut queue, mut client) = sealing_queue(&key, limit).await;
         let mut pushed = 0;
         let mut refused = false;
         for round in 0..1000u32 {
