@@ -762,7 +762,6 @@ impl Live<'_> {
         if self.queue_deliveries(&batch)? {
             self.sent_up_to = self.sent_up_to.max(up_to);
         }
-        self.backlog = true;
         Ok(())
     }
 

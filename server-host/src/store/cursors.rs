@@ -24,7 +24,7 @@ use casataa_proto::types::Seq;
 pub(super) const FLUSH_AFTER: Duration = Duration::from_secs(1);
 
 /// A device of a user.
-type Device = (String, [u8; 16]);
+pub(super) type Device = (String, [u8; 16]);
 
 /// Cursors noted and not yet committed: the newest of each device.
 #[derive(Debug, Default)]
@@ -41,12 +41,8 @@ impl Moved {
     /// Notes that `user`'s `device` acknowledged everything up to `seq` (never back).
     pub(super) fn note(&self, user: &str, device: [u8; 16], seq: Seq) {
         let mut noted = self.noted();
-        match noted.get_mut(&(user.to_owned(), device)) {
-            Some(cursor) => *cursor = (*cursor).max(seq),
-            None => {
-                noted.insert((user.to_owned(), device), seq);
-            }
-        }
+        let cursor = noted.entry((user.to_owned(), device)).or_insert(seq);
+        *cursor = (*cursor).max(seq);
     }
 
     /// The device's cursor noted and not yet committed, if any.

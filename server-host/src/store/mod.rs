@@ -26,14 +26,15 @@ use rusqlite::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 pub use self::backup::{BackupReport, DataDirLock, RestoreReport, backup, restore};
-use self::cursors::Moved;
+use self::cursors::{Device, Moved};
+use self::queries::{advance_cursor, cursor};
 use self::sequence::{Outcome, Published, Settled, Start};
 use crate::metrics::Histogram;
 
 pub use queries::{
-    Appended, GENERAL, NewActivity, NewMessage, UserRecord, add_user, advance_cursor, append, create_room,
-    cursor, history, join, leave, memberships, messages_for, new_credentials, recent_activity,
-    record_activity, rooms, set_credentials, set_disabled, user, user_count, users,
+    Appended, GENERAL, NewActivity, NewMessage, UserRecord, add_user, append, create_room, history, join,
+    leave, memberships, messages_for, new_credentials, recent_activity, record_activity, rooms,
+    set_credentials, set_disabled, user, user_count, users,
 };
 pub use queries::{
     FileRow, abandoned_uploads, all_files, content_exists, create_upload, delete_file, file, files_for,
@@ -419,6 +420,7 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Timeout) => Vec::new(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            // Joined by every job waiting, unless the wait timed out (cursors alone).
             while (1..BATCH_MAX).contains(&batch.len()) {
                 match queue.try_recv() {
                     Ok(job) => batch.push(job),
@@ -464,7 +466,7 @@ impl Writer {
         conn: &mut Connection,
         settled: &mut Settled,
         batch: Vec<Job>,
-        cursors: &[((String, [u8; 16]), Seq)],
+        cursors: &[(Device, Seq)],
     ) -> BatchOutcome {
         let published = &*self.published;
         // IMMEDIATE: take the write lock at BEGIN, waiting (busy timeout) for another

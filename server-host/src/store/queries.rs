@@ -364,7 +364,7 @@ pub(crate) fn latest_seq(conn: &Connection) -> Result<Seq, StoreError> {
 }
 
 /// A device's cursor (0 if it never acknowledged anything).
-pub fn cursor(conn: &Connection, user: &str, device: &[u8; 16]) -> Result<Seq, StoreError> {
+pub(super) fn cursor(conn: &Connection, user: &str, device: &[u8; 16]) -> Result<Seq, StoreError> {
     let seq: Option<i64> = conn
         .query_row(
             "SELECT seq FROM cursors WHERE user = ?1 AND device = ?2",
@@ -376,7 +376,12 @@ pub fn cursor(conn: &Connection, user: &str, device: &[u8; 16]) -> Result<Seq, S
 }
 
 /// Moves a device's cursor forward (never back).
-pub fn advance_cursor(conn: &Connection, user: &str, device: &[u8; 16], seq: Seq) -> Result<(), StoreError> {
+pub(super) fn advance_cursor(
+    conn: &Connection,
+    user: &str,
+    device: &[u8; 16],
+    seq: Seq,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO cursors (user, device, seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (user, device) DO UPDATE SET seq = MAX(seq, excluded.seq)",
