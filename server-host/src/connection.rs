@@ -1,6 +1,7 @@
 //! One client connection, from the first byte to the close: handshake with a deadline,
 //! login throttling, then the session loop that answers requests, pulls the user's
-//! messages from the store, relays hub events and watches for idle or stalled clients.
+//! messages from the store whenever the fan-out (`fanout.rs`) does not write them for
+//! it, relays hub events and watches for idle or stalled clients.
 //!
 //! TCP and WebSocket connections both arrive here as a [`FrameReader`] and a
 //! [`FrameWriter`]; nothing below knows which transport it is.
@@ -36,10 +37,11 @@ use heapless::Vec as BoundedVec;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::fanout::{Out, Outlet};
 use crate::files::{Disk, Download, FileSink, Pace, Turns, Upload, WINDOW, open_partial};
 use crate::hub::{Hub, HubEvent, Incoming, Registration};
 use crate::settings::Settings;
-use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, StoreError};
+use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, Recent, StoreError};
 use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, QueueFull, TransportError};
 use crate::{generate_passphrase, unix_millis};
 use casataa_proto::ccm_mode::LANES;
@@ -169,22 +171,22 @@ pub fn serve(
     // Built outside the async block, which then uses them where they are: the
     // parameters of an `async fn` are moved into locals, so the future would have room
     // for both (about 400 bytes more per connection).
-    let mut queue = OutQueue::new(writer, ctx.settings.out_queue_bytes, LOW_WATER);
+    let outlet = Arc::new(Outlet::new(OutQueue::new(writer, ctx.settings.out_queue_bytes, LOW_WATER)));
     let mut reader = reader;
     async move {
         let addr = peer.to_string();
-        let accepted = Box::pin(handshake_phase(&ctx, &mut reader, &mut queue, peer, &addr)).await;
+        let accepted = Box::pin(handshake_phase(&ctx, &mut reader, &outlet, peer, &addr)).await;
         let end = match accepted {
             Some(accepted) => {
                 ctx.hub.login_succeeded(peer.ip());
-                Box::pin(run_session(&ctx, &mut reader, &mut queue, accepted, addr.clone())).await
+                Box::pin(run_session(&ctx, &mut reader, &outlet, accepted, addr.clone())).await
             }
             None => End::Transport("handshake did not complete".into()),
         };
         // What is queued (a refusal, a `Closing`) goes out before the close, unless the
         // client is the reason: one that stopped reading is cut off.
         if !matches!(end, End::Closed(CloseReason::TooSlow)) {
-            match Box::pin(timeout(Duration::from_secs(5), queue.finish())).await {
+            match Box::pin(timeout(Duration::from_secs(5), outlet.finish())).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%addr, "last frames not written: {e}"),
                 Err(_) => tracing::debug!(%addr, "last frames not written in time"),
@@ -199,18 +201,18 @@ pub fn serve(
 async fn handshake_phase(
     ctx: &Context,
     reader: &mut FrameReader,
-    queue: &mut OutQueue,
+    outlet: &Outlet,
     peer: SocketAddr,
     addr: &str,
 ) -> Option<Box<Accepted>> {
     let Some(_slot) = ctx.hub.begin_handshake(peer.ip()) else {
-        push_refusal(queue, Refusal::Busy);
+        push_refusal(&mut outlet.lock().queue, Refusal::Busy);
         return None;
     };
-    match timeout(ctx.settings.handshake_timeout, handshake(ctx, reader, queue, peer)).await {
+    match timeout(ctx.settings.handshake_timeout, handshake(ctx, reader, outlet, peer)).await {
         Ok(Ok(accepted)) => Some(Box::new(accepted)),
         Ok(Err(HandshakeEnd::Refuse(refusal))) => {
-            push_refusal(queue, refusal);
+            push_refusal(&mut outlet.lock().queue, refusal);
             None
         }
         Ok(Err(HandshakeEnd::AuthFailed { user, why })) => {
@@ -221,7 +223,7 @@ async fn handshake_phase(
             // be told apart by timing; repeated failures from one address wait longer.
             let delay = ctx.hub.login_failed(peer.ip(), ctx.settings.login_failure_delay);
             sleep(delay).await;
-            push_refusal(queue, Refusal::AuthFailed);
+            push_refusal(&mut outlet.lock().queue, Refusal::AuthFailed);
             None
         }
         Ok(Err(HandshakeEnd::Gone(why))) => {
@@ -265,7 +267,7 @@ struct Accepted {
 async fn handshake(
     ctx: &Context,
     reader: &mut FrameReader,
-    queue: &mut OutQueue,
+    outlet: &Outlet,
     peer: SocketAddr,
 ) -> Result<Accepted, HandshakeEnd> {
     let hold = ctx.hub.hello_delay(peer.ip(), ctx.settings.login_failure_delay);
@@ -300,10 +302,12 @@ async fn handshake(
     };
     let mut buf = [0u8; HANDSHAKE_FRAME_MAX];
     let n = session.accept_user(lookup, &mut buf).map_err(|e| HandshakeEnd::Gone(e.to_string()))?;
-    queue
+    outlet
+        .lock()
+        .queue
         .push(buf.get(..n).unwrap_or_default().to_vec())
         .map_err(|_| HandshakeEnd::Gone("queue full".into()))?;
-    queue.flush().await.map_err(|e| HandshakeEnd::Gone(e.to_string()))?;
+    outlet.flush().await.map_err(|e| HandshakeEnd::Gone(e.to_string()))?;
     let mut frame = match reader.next_frame(ctx.settings.max_frame as usize).await {
         Ok(Some(frame)) => frame,
         Ok(None) => return Err(HandshakeEnd::Gone("closed before login".into())),
@@ -389,14 +393,14 @@ struct Live<'c> {
     ctx: &'c Context,
     /// The session once its keys are with the reader and the queue.
     session: ServerCodec,
-    /// Written by this task between its steps (see [`OutQueue`]).
-    queue: &'c mut OutQueue,
+    /// The outbound queue, written by this task between its steps (see [`OutQueue`])
+    /// and by the fan-out, which also delivers to it (see `fanout.rs`).
+    outlet: &'c Arc<Outlet>,
     registration: Registration,
     user: Name,
     role: Role,
     device: DeviceId,
     addr: String,
-    sent_up_to: Seq,
     acked: Seq,
     /// The cursor as last written to the store.
     persisted: Seq,
@@ -422,7 +426,7 @@ struct Live<'c> {
 async fn run_session(
     ctx: &Context,
     reader: &mut FrameReader,
-    queue: &mut OutQueue,
+    outlet: &Arc<Outlet>,
     accepted: Box<Accepted>,
     addr: String,
 ) -> End {
@@ -433,11 +437,12 @@ async fn run_session(
     };
     // Built in a plain function and boxed: the session state is not a local of this
     // future (nor are the pieces it is made of).
-    let mut live = match Live::start(ctx, accepted, queue, reader, addr, cursor) {
+    let mut live = match Live::start(ctx, accepted, outlet, reader, addr, cursor) {
         Ok(live) => live,
         Err(end) => return end,
     };
     let end = Box::pin(live.run(reader, cursor)).await;
+    live.stop_deliveries();
     live.persist_cursor();
     let user = live.user.to_string();
     let detail = match &end {
@@ -461,7 +466,7 @@ impl<'c> Live<'c> {
     fn start(
         ctx: &'c Context,
         accepted: Box<Accepted>,
-        queue: &'c mut OutQueue,
+        outlet: &'c Arc<Outlet>,
         reader: &mut FrameReader,
         addr: String,
         cursor: Seq,
@@ -470,12 +475,19 @@ impl<'c> Live<'c> {
         // From here on the queue seals as it writes, so that chat can overtake queued
         // file chunks.
         let sealer = session.take_sealer().ok_or(End::Protocol(SessionError::NotEstablished))?;
-        queue.install_sealer(sealer);
         // And the reader opens, so that frames already buffered open as one batch.
         let opener = session.take_opener().ok_or(End::Protocol(SessionError::NotEstablished))?;
         reader.install_opener(opener);
         let session = session.into_codec().ok_or(End::Protocol(SessionError::NotEstablished))?;
-        let registration = ctx.hub.register(&user, login.kind, addr.clone());
+        {
+            // The session delivers from the first message after the device's cursor on
+            // (the fan-out too, once the welcome is queued and the session has caught
+            // up).
+            let mut out = outlet.lock();
+            out.queue.install_sealer(sealer);
+            out.sent_up_to = cursor;
+        }
+        let registration = ctx.hub.register(&user, login.kind, addr.clone(), Arc::clone(outlet));
         let kind = login.kind;
         // Recorded beside the login rather than before the welcome: a login does not
         // wait for a commit.
@@ -486,13 +498,12 @@ impl<'c> Live<'c> {
         Ok(Box::new(Live {
             ctx,
             session,
-            queue,
+            outlet,
             registration,
             user,
             role,
             device: login.device,
             addr,
-            sent_up_to: cursor,
             acked: cursor,
             persisted: cursor,
             messages: Bucket::new(ctx.settings.messages_per_sec, ctx.settings.message_burst),
@@ -546,14 +557,19 @@ impl Live<'_> {
         self.queue_encoded(lane, |session, out| session.encode(message, out))
     }
 
-    /// [`Self::send`] for a delivery, encoded by reference.
-    fn send_delivery(&mut self, message: &ChatMessage) -> Result<(), End> {
-        self.queue_encoded(Lane::Control, |session, out| session.encode_delivery(message, out))
-    }
-
     /// Queues the frame `encode` writes, and counts it.
     fn queue_encoded(
         &mut self,
+        lane: Lane,
+        encode: impl FnOnce(&ServerCodec, &mut [u8]) -> Result<usize, SessionError>,
+    ) -> Result<(), End> {
+        self.queue_encoded_in(&mut self.outlet.lock(), lane, encode)
+    }
+
+    /// [`Self::queue_encoded`] with the outlet's lock held.
+    fn queue_encoded_in(
+        &self,
+        out: &mut Out,
         lane: Lane,
         encode: impl FnOnce(&ServerCodec, &mut [u8]) -> Result<usize, SessionError>,
     ) -> Result<(), End> {
@@ -563,7 +579,7 @@ impl Live<'_> {
         let total = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let len = encode(&self.session, &mut scratch)?;
-            self.queue.push_plain(&scratch, len, lane)?;
+            out.queue.push_plain(&scratch, len, lane)?;
             Ok::<_, End>(HEADER_LEN + len + TAG_LEN)
         })?;
         self.registration.mailbox.stats.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
@@ -575,11 +591,19 @@ impl Live<'_> {
         self.send(&ServerMessage::Error(ErrorReport { code, about, detail: truncated(detail) }))
     }
 
+    /// The fan-out stops delivering to this session: it has ended, or its last frame
+    /// (`Closing`) follows.
+    fn stop_deliveries(&self) {
+        self.outlet.lock().codec = None;
+    }
+
     async fn run(&mut self, reader: &mut FrameReader, cursor: Seq) -> End {
         if let Err(end) = self.send_welcome(cursor) {
             return end;
         }
-        let mut latest = self.ctx.hub.store().latest_seq();
+        // The welcome is queued: from now on the fan-out may deliver to this session
+        // whenever it has caught up.
+        self.outlet.lock().codec = Some(self.session);
         let mut pending = PendingStores::default();
         let idle = self.ctx.settings.idle;
         let stall = self.ctx.settings.write_stall;
@@ -596,19 +620,20 @@ impl Live<'_> {
             // Checked at every step, so that a kick or a shutdown is not held up by a
             // client that keeps sending (the mailbox's branch waits behind the reader's).
             if let Some(reason) = self.registration.mailbox.closing() {
+                self.stop_deliveries();
                 let _ = self.send(&ServerMessage::Closing { reason });
                 return End::Closed(reason);
             }
             // What the last step queued goes out first: pulling more messages may wait
             // for SQLite (the welcome would wait behind an offline device's backlog).
-            if let Err(e) = self.queue.write_some() {
+            if let Err(e) = self.outlet.lock().queue.write_some() {
                 return End::Transport(e.to_string());
             }
             // A transfer's crypto is done in turns, so that the chat sessions on this
             // thread do not wait behind a socketful of chunks (this session's own
             // frames went out just above).
             self.turns.take_turn().await;
-            if self.backlog && self.queue.has_room() {
+            if self.backlog && self.outlet.lock().queue.has_room() {
                 // From memory without leaving this step; only a read from SQLite waits
                 // (and is boxed, so its future takes no room in the session's).
                 let delivered = match self.deliver_recent() {
@@ -623,18 +648,26 @@ impl Live<'_> {
             if let Err(end) = self.pump_downloads() {
                 return end;
             }
-            if let Err(e) = self.queue.write_some() {
-                return End::Transport(e.to_string());
-            }
-            self.registration.mailbox.stats.queued_bytes.store(self.queue.bytes() as u64, Ordering::Relaxed);
+            let blocked = {
+                let mut out = self.outlet.lock();
+                if let Err(e) = out.queue.write_some() {
+                    return End::Transport(e.to_string());
+                }
+                self.registration
+                    .mailbox
+                    .stats
+                    .queued_bytes
+                    .store(out.queue.bytes() as u64, Ordering::Relaxed);
+                out.queue.is_blocked()
+            };
             // Everything queued was written (the socket is not full), yet messages or
             // chunks wait to be queued: go round again, once the branches above have
             // had their turn and within the task's budget.
-            let more = !self.queue.is_blocked() && (self.backlog || self.downloads_blocked);
+            let more = !blocked && (self.backlog || self.downloads_blocked);
             let max_frame = self.ctx.settings.max_frame as usize;
             let step = tokio::select! {
                 biased;
-                written = self.queue.writable(), if self.queue.is_blocked() => {
+                written = self.outlet.writable(), if blocked => {
                     written.map_err(|e| End::Transport(e.to_string()))
                 }
                 frame = reader.next_frame(max_frame) => match frame {
@@ -656,19 +689,16 @@ impl Live<'_> {
                     // Said and ended at the top of the loop, like every close request.
                     Incoming::Close(_) => Ok(()),
                     Incoming::Event(event) => self.on_hub_event(event),
+                    Incoming::Messages => {
+                        self.backlog = true;
+                        Ok(())
+                    }
                 },
                 event = recv_activity(&mut self.activity), if self.activity.is_some() => {
                     match event {
                         Some(event) => self.send(&ServerMessage::Activity(event)),
                         None => Ok(()),
                     }
-                }
-                changed = latest.changed(), if !self.backlog => {
-                    if changed.is_err() {
-                        return End::Transport("store closed".into());
-                    }
-                    self.backlog = true;
-                    Ok(())
                 }
                 () = tokio::task::coop::consume_budget(), if more => Ok(()),
                 _ = tick.tick() => {
@@ -682,7 +712,11 @@ impl Live<'_> {
                         self.rooms = None;
                     }
                     self.persist_cursor();
-                    if self.queue.bytes() > 0 && self.queue.stalled_for() > stall {
+                    let stalled = {
+                        let queue = &self.outlet.lock().queue;
+                        queue.bytes() > 0 && queue.stalled_for() > stall
+                    };
+                    if stalled {
                         Err(End::Closed(CloseReason::TooSlow))
                     } else if now >= last_heard + idle {
                         Err(End::Closed(CloseReason::Idle))
@@ -698,6 +732,7 @@ impl Live<'_> {
                 if let End::Closed(reason) = &end
                     && *reason != CloseReason::TooSlow
                 {
+                    self.stop_deliveries();
                     let _ = self.send(&ServerMessage::Closing { reason: *reason });
                 }
                 return end;
@@ -717,8 +752,12 @@ impl Live<'_> {
     /// Sends the user's next messages from the recent ones in memory while the queue
     /// has room. Returns the number SQLite holds every message up to when they do not
     /// reach back to this session's (read it with [`Self::deliver_stored`]).
+    ///
+    /// Read and queued with the outlet's lock held, so that the fan-out, which also
+    /// delivers to this session, never queues a message twice or out of order.
     fn deliver_recent(&mut self) -> Result<Option<Seq>, End> {
-        while self.queue.has_room() {
+        let mut out = self.outlet.lock();
+        while out.queue.has_room() {
             let version = self.ctx.hub.membership_version();
             let rooms = match self.rooms.take() {
                 Some(seen) if seen.version == version => seen,
@@ -728,17 +767,17 @@ impl Live<'_> {
             let rooms = &mut **self.rooms.insert(rooms);
             rooms.used = true;
             let (rooms, user) = (&rooms.rooms, &self.user);
-            let recent = self.ctx.hub.store().recent_after(self.sent_up_to, PULL_BATCH, |m| match &m.to {
+            let recent = self.ctx.hub.store().recent_after(out.sent_up_to, PULL_BATCH, |m| match &m.to {
                 Target::Room(room) => rooms.contains(room),
                 Target::User(peer) => peer == user || &m.from == user,
             });
-            let batch = match recent {
-                Ok(batch) => batch,
+            let recent = match recent {
+                Ok(recent) => recent,
                 Err(up_to) => return Ok(Some(up_to)),
             };
-            // A short batch, all of it queued: caught up, without asking again. A
-            // message shown since then changes `latest_seq` again.
-            if self.queue_deliveries(&batch)? {
+            // A short batch, all of it queued: caught up, without asking again. The
+            // fan-out delivers what is shown from here on, or wakes the session.
+            if self.queue_deliveries(&mut out, &recent)? {
                 self.backlog = false;
                 return Ok(None);
             }
@@ -752,35 +791,41 @@ impl Live<'_> {
     /// short page, nothing more for this user is in SQLite up to there: the recent
     /// messages next.
     async fn deliver_stored(&mut self, up_to: Seq) -> Result<(), End> {
-        let read = self
-            .ctx
-            .hub
-            .store()
-            .messages_for(self.user.to_string(), self.sent_up_to, up_to, PULL_BATCH)
-            .await?;
-        let batch: Vec<Arc<ChatMessage>> = read.into_iter().map(Arc::new).collect();
-        if self.queue_deliveries(&batch)? {
-            self.sent_up_to = self.sent_up_to.max(up_to);
+        let from = self.outlet.lock().sent_up_to;
+        let read = self.ctx.hub.store().messages_for(self.user.to_string(), from, up_to, PULL_BATCH).await?;
+        let recent = Recent { messages: read.into_iter().map(Arc::new).collect(), through: up_to };
+        let mut out = self.outlet.lock();
+        // Only this task moves a session this far behind; checked all the same, since
+        // the lock was let go while SQLite was read.
+        if out.sent_up_to == from {
+            self.queue_deliveries(&mut out, &recent)?;
         }
         Ok(())
     }
 
-    /// Queues `batch` while there is room, so the queue stays near its low-water mark
-    /// however large the messages (the rest are pulled again next time). Encoded from
-    /// where the messages are kept: no copy of each message. Returns whether the batch
-    /// was short ([`PULL_BATCH`]) and all of it queued.
-    fn queue_deliveries(&mut self, batch: &[Arc<ChatMessage>]) -> Result<bool, End> {
+    /// Queues the messages of `recent` while there is room, so the queue stays near
+    /// its low-water mark however large the messages (the rest are pulled again next
+    /// time). Encoded from where the messages are kept: no copy of each message.
+    /// Returns whether the batch was short ([`PULL_BATCH`]) and all of it queued: then
+    /// nothing more is waiting up to `recent.through`.
+    fn queue_deliveries(&self, out: &mut Out, recent: &Recent) -> Result<bool, End> {
         let mut delivered = 0;
-        for message in batch {
-            if !self.queue.has_room() {
+        for message in &recent.messages {
+            if !out.queue.has_room() {
                 break;
             }
-            self.send_delivery(message)?;
-            self.sent_up_to = message.seq;
+            self.queue_encoded_in(out, Lane::Control, |session, frame| {
+                session.encode_delivery(message, frame)
+            })?;
+            out.sent_up_to = message.seq;
             delivered += 1;
         }
         self.registration.mailbox.stats.deliveries.fetch_add(delivered as u64, Ordering::Relaxed);
-        Ok(delivered == batch.len() && delivered < PULL_BATCH)
+        let caught_up = delivered == recent.messages.len() && delivered < PULL_BATCH;
+        if caught_up {
+            out.sent_up_to = out.sent_up_to.max(recent.through);
+        }
+        Ok(caught_up)
     }
 
     async fn on_frame(&mut self, frame: Bytes, pending: &mut PendingStores) -> Result<(), End> {
@@ -795,7 +840,7 @@ impl Live<'_> {
                 // Kept in memory and written on the next tick (and at the end): a cursor
                 // that lags after a crash only means a few messages are delivered again,
                 // and clients drop those by sequence number.
-                self.acked = self.acked.max(up_to.min(self.sent_up_to));
+                self.acked = self.acked.max(up_to.min(self.outlet.lock().sent_up_to));
                 Ok(())
             }
             ClientMessage::History(request) => self.on_history(request).await,
@@ -1339,7 +1384,7 @@ impl Live<'_> {
         let high_water = (self.ctx.settings.out_queue_bytes / 2).min(2 * LANES * chunk_len);
         let mut chunk = vec![0u8; chunk_len];
         loop {
-            if self.queue.bytes() >= high_water {
+            if self.outlet.lock().queue.bytes() >= high_water {
                 self.downloads_blocked = true;
                 return Ok(());
             }
@@ -1360,7 +1405,7 @@ impl Live<'_> {
                 } else {
                     self.downloads.push_back(download);
                 }
-                if self.queue.bytes() >= high_water {
+                if self.outlet.lock().queue.bytes() >= high_water {
                     break;
                 }
             }
@@ -1582,15 +1627,17 @@ mod tests {
 
         let (read, write) =
             tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap().into_split();
-        let (mut reader, mut queue) =
-            (FrameReader::tcp(read), OutQueue::new(FrameWriter::Tcp(write), 1 << 20, 1 << 10));
+        let (mut reader, outlet) = (
+            FrameReader::tcp(read),
+            Arc::new(Outlet::new(OutQueue::new(FrameWriter::Tcp(write), 1 << 20, 1 << 10))),
+        );
         let accepted = Box::new(Accepted {
             session: ServerSession::new(ServerConfig { max_frame: 65_535 }, [1; 32]),
             user: Name::new("alice").unwrap(),
             role: Role::User,
             login: Login { device: [0; 16], kind: casataa_proto::types::ClientKind::Cli },
         });
-        let session = run_session(&ctx, &mut reader, &mut queue, accepted, String::new());
+        let session = run_session(&ctx, &mut reader, &outlet, accepted, String::new());
         let session_size = size_of_val(&session);
         assert!(session_size <= 256, "the session step holds {session_size} bytes");
         drop(session);

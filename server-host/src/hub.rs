@@ -2,20 +2,22 @@
 //! the admin feeds and the activity log.
 //!
 //! The hub routes what is *not* stored. Chat messages take another path: they are
-//! committed to the store, and each session pulls what is addressed to its user from
-//! there (see `connection.rs`), so a session that falls behind reads from the store
+//! committed to the store, the fan-out (`fanout.rs`) writes them to the sessions that
+//! are caught up, and a session that is behind pulls what is addressed to its user from
+//! the store (see `connection.rs`). So a session that falls behind reads from the store
 //! instead of growing a queue, and offline catch-up and live delivery are one code path.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use casataa_proto::message::{ActivityEvent, ActivityKind, CloseReason, Presence, SessionInfo};
+use casataa_proto::message::{ActivityEvent, ActivityKind, ChatMessage, CloseReason, Presence, SessionInfo};
 use casataa_proto::types::{ClientKind, Name, Role, Target, truncated};
 use tokio::sync::broadcast;
 
+use crate::fanout::{Outlet, ROUND_MAX, Recipient};
 use crate::metrics::{Snapshot, Totals};
 use crate::store::{NewActivity, Store, StoreError};
 use crate::unix_millis;
@@ -55,7 +57,7 @@ pub struct SessionStats {
 }
 
 /// What the hub and one session share, in one allocation: the session's counters, its
-/// hub events, and the request to close it.
+/// hub events, the request to close it, and the fan-out's request to pull messages.
 ///
 /// The events are a bounded queue that holds no memory while it is empty (a channel
 /// would keep a block of slots for every idle connection). A request to close overtakes
@@ -68,6 +70,8 @@ pub struct Mailbox {
     /// [`CLOSE_REASONS`]. An atomic, because the session looks at it at every step and
     /// should not take the lock the hub holds while it fans out.
     closing: AtomicU8,
+    /// Messages for the session wait that the fan-out did not write for it.
+    messages: AtomicBool,
     ready: tokio::sync::Notify,
     /// The session's counters, shared with the admin view and `/metrics`.
     pub stats: SessionStats,
@@ -90,6 +94,8 @@ pub enum Incoming {
     Close(CloseReason),
     /// A hub event to pass on.
     Event(HubEvent),
+    /// Messages wait in the store that the fan-out did not write: pull them.
+    Messages,
 }
 
 /// The mailbox held [`EVENT_QUEUE`] events: its session is not reading.
@@ -126,13 +132,23 @@ impl Mailbox {
         self.ready.notify_one();
     }
 
-    /// The request to close, once made; else the next event. Cancel-safe: an event is
-    /// taken only when it is returned.
+    /// Asks the session to pull its messages from the store (see `fanout.rs`).
+    pub fn wake_for_messages(&self) {
+        self.messages.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// The request to close, once made; else the request to pull messages; else the
+    /// next event. Cancel-safe: a request or an event is taken only when it is
+    /// returned.
     pub async fn recv(&self) -> Incoming {
         loop {
             let notified = self.ready.notified();
             if let Some(reason) = self.closing() {
                 return Incoming::Close(reason);
+            }
+            if self.messages.swap(false, Ordering::AcqRel) {
+                return Incoming::Messages;
             }
             {
                 let mut events = self.events();
@@ -155,6 +171,8 @@ struct SessionEntry {
     addr: String,
     since: u64,
     mailbox: Arc<Mailbox>,
+    /// Where the fan-out writes the session's messages.
+    outlet: Arc<Outlet>,
     watches_sessions: bool,
 }
 
@@ -237,7 +255,8 @@ impl Hub {
             state.rooms.entry(room).or_default().insert(user);
         }
         let (activity, _) = broadcast::channel(1024);
-        Ok(Arc::new(Self {
+        let latest = store.latest_seq();
+        let hub = Arc::new(Self {
             store,
             state: Mutex::new(state),
             throttle: Mutex::new(Throttle::default()),
@@ -245,7 +264,11 @@ impl Hub {
             next_session: AtomicU64::new(1),
             membership_changes: AtomicU64::new(0),
             totals: Totals::default(),
-        }))
+        });
+        // It holds the hub weakly: the hub (and the store with it) closes when the
+        // server lets go of it.
+        tokio::spawn(crate::fanout::run(Arc::downgrade(&hub), latest));
+        Ok(hub)
     }
 
     /// Counters that outlive sessions.
@@ -305,7 +328,14 @@ impl Hub {
     }
 
     /// Registers an authenticated session.
-    pub fn register(self: &Arc<Self>, user: &Name, kind: ClientKind, addr: String) -> Registration {
+    /// Registers a session of `user`'s, whose messages the fan-out writes to `outlet`.
+    pub fn register(
+        self: &Arc<Self>,
+        user: &Name,
+        kind: ClientKind,
+        addr: String,
+        outlet: Arc<Outlet>,
+    ) -> Registration {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::default());
         let already_shown = {
@@ -321,6 +351,7 @@ impl Hub {
                     addr,
                     since: unix_millis(),
                     mailbox: Arc::clone(&mailbox),
+                    outlet,
                     watches_sessions: false,
                 },
             );
@@ -372,6 +403,48 @@ impl Hub {
             if &session.user == user && Some(*id) != except {
                 session.deliver(event.clone());
             }
+        }
+    }
+
+    /// Every session, with which of `messages` (at most [`ROUND_MAX`]) are for its
+    /// user: the members of a room, the two ends of a direct message.
+    pub(crate) fn recipients(&self, messages: &[Arc<ChatMessage>]) -> Vec<Recipient> {
+        let state = self.state();
+        let members: Vec<Option<&BTreeSet<Name>>> = messages
+            .iter()
+            .map(|message| match &message.to {
+                Target::Room(room) => state.rooms.get(room),
+                Target::User(_) => None,
+            })
+            .collect();
+        state
+            .sessions
+            .values()
+            .map(|session| {
+                let user = &session.user;
+                let wanted = messages.iter().zip(&members).take(ROUND_MAX).enumerate().fold(
+                    0u64,
+                    |wanted, (index, (message, members))| {
+                        let is_for = match &message.to {
+                            Target::Room(_) => members.is_some_and(|members| members.contains(user)),
+                            Target::User(peer) => peer == user || &message.from == user,
+                        };
+                        if is_for { wanted | (1 << index) } else { wanted }
+                    },
+                );
+                Recipient {
+                    outlet: Arc::clone(&session.outlet),
+                    mailbox: Arc::clone(&session.mailbox),
+                    wanted,
+                }
+            })
+            .collect()
+    }
+
+    /// Asks every session to pull its messages from the store itself.
+    pub(crate) fn wake_all_for_messages(&self) {
+        for session in self.state().sessions.values() {
+            session.mailbox.wake_for_messages();
         }
     }
 
@@ -618,7 +691,7 @@ mod tests {
     async fn a_mailbox_is_bounded_keeps_order_and_holds_nothing_once_drained() {
         let event = |incoming: Incoming| match incoming {
             Incoming::Event(event) => event,
-            Incoming::Close(reason) => panic!("closed: {reason:?}"),
+            other => panic!("not an event: {other:?}"),
         };
         let mailbox = Mailbox::default();
         assert_eq!(mailbox.events().capacity(), 0, "an idle session's mailbox holds no memory");

@@ -8,6 +8,7 @@
 //!   per-device delivery cursors, the activity log.
 //! - [`hub`]: who is online, presence, typing, kicks, the admin feeds, login throttling.
 //! - [`connection`]: one connection from handshake to close.
+//! - [`fanout`]: writes each shown message to the sessions that are caught up.
 //! - [`transport`]: frames over TCP and WebSocket; the two-lane bounded outbound queue.
 //! - [`files`]: file bytes on disk (partial uploads, content-addressed store) and the
 //!   per-session transfer state.
@@ -25,6 +26,7 @@
 
 pub mod connection;
 pub mod discovery;
+pub mod fanout;
 pub mod files;
 pub mod http;
 pub mod hub;
@@ -62,6 +64,27 @@ pub fn generate_passphrase() -> String {
         out.push(char::from(*ALPHABET.get(index).unwrap_or(&b'a')));
     }
     out
+}
+
+/// What the unit tests of several modules share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use casataa_proto::message::{ChatMessage, Content};
+    use casataa_proto::types::{Name, Seq, Target};
+
+    /// Message `seq` from alice to #general, its client id the same number.
+    pub(crate) fn message(seq: Seq, content: Content) -> Arc<ChatMessage> {
+        Arc::new(ChatMessage {
+            seq,
+            at: 1,
+            from: Name::new("alice").unwrap(),
+            to: Target::Room(Name::new("general").unwrap()),
+            client_id: seq,
+            content,
+        })
+    }
 }
 
 #[cfg(test)]

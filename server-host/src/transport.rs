@@ -11,8 +11,9 @@
 //! carry an implicit counter, so they must leave in the order they were sealed.
 //!
 //! The queue is written by the connection's own task, between its other steps, rather
-//! than by a writer task of its own: a delivery wakes one task instead of two, which is
-//! most of the cost of fanning a message out to a thousand recipients.
+//! than by a writer task of its own, and by the fan-out, which writes a message to every
+//! caught-up connection without waking any (`fanout.rs`): the wake-ups were most of the
+//! cost of fanning a message out to a thousand recipients.
 
 use std::collections::VecDeque;
 use std::io;
@@ -279,6 +280,8 @@ pub enum FrameWriter {
     Tcp(OwnedWriteHalf),
     /// One frame per binary WebSocket message.
     Ws(futures_util::stream::SplitSink<WebSocket, Message>),
+    /// Taken away to be closed ([`OutQueue::take_writer`]): takes nothing more.
+    Closed,
 }
 
 impl FrameWriter {
@@ -292,6 +295,7 @@ impl FrameWriter {
                 let _ = sink.send(Message::close()).await;
                 let _ = sink.close().await;
             }
+            Self::Closed => {}
         }
     }
 }
@@ -301,6 +305,7 @@ impl std::fmt::Debug for FrameWriter {
         f.write_str(match self {
             Self::Tcp(_) => "FrameWriter::Tcp",
             Self::Ws(_) => "FrameWriter::Ws",
+            Self::Closed => "FrameWriter::Closed",
         })
     }
 }
@@ -412,10 +417,12 @@ impl Lanes {
 /// A connection's outbound side: frames waiting in two lanes, bounded in bytes, and
 /// the socket they are written to.
 ///
-/// It belongs to the connection's one task, which writes between its other steps
-/// ([`Self::write_some`], which never waits) and waits for the socket only while it is
-/// full ([`Self::writable`]). There is no writer task: a delivery costs one wake-up of
-/// the recipient's task, not two, and an idle connection holds no second task.
+/// The connection's task writes it between its other steps ([`Self::write_some`], which
+/// never waits) and waits for the socket only while it is full ([`Self::writable`]); the
+/// fan-out writes deliveries into it while it is empty (behind the lock of its
+/// `fanout::Outlet`). There is no writer task: a delivery costs no wake-up at all when
+/// the fan-out writes it, one when the session does, and an idle connection holds no
+/// second task.
 pub struct OutQueue {
     writer: FrameWriter,
     lanes: Lanes,
@@ -565,6 +572,7 @@ impl OutQueue {
         }
         match self.writer {
             FrameWriter::Tcp(_) => self.write_tcp(),
+            FrameWriter::Closed => Err(TransportError::Io(io::ErrorKind::NotConnected.into())),
             FrameWriter::Ws(_) => {
                 // Polled without a waker: a sink that is not ready is waited for by
                 // `writable`, which polls it again with the task's waker.
@@ -587,23 +595,48 @@ impl OutQueue {
     /// Cancel-safe: nothing is lost when it is dropped.
     /// Like [`FrameReader::next_frame`], the future holds only its argument.
     pub fn writable(&mut self) -> impl Future<Output = Result<(), TransportError>> + '_ {
-        std::future::poll_fn(move |cx| {
-            match &self.writer {
-                FrameWriter::Tcp(half) => {
-                    ready!(half.as_ref().poll_write_ready(cx)).map_err(TransportError::Io)?
-                }
-                FrameWriter::Ws(_) => ready!(self.poll_ws(cx))?,
+        std::future::poll_fn(move |cx| self.poll_writable(cx))
+    }
+
+    /// [`Self::writable`] as a poll, for a queue behind a lock (see `fanout.rs`).
+    pub fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        match &self.writer {
+            FrameWriter::Tcp(half) => {
+                ready!(half.as_ref().poll_write_ready(cx)).map_err(TransportError::Io)?
             }
-            self.blocked = false;
-            Poll::Ready(Ok(()))
-        })
+            FrameWriter::Ws(_) => ready!(self.poll_ws(cx))?,
+            FrameWriter::Closed => {
+                return Poll::Ready(Err(TransportError::Io(io::ErrorKind::NotConnected.into())));
+            }
+        }
+        self.blocked = false;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether frames are sealed as they are queued and written by whoever queues them
+    /// ([`Self::push_plain`], [`Self::write_some`]): TCP. A WebSocket sink is written by
+    /// the connection's own task only.
+    pub fn is_tcp(&self) -> bool {
+        matches!(self.writer, FrameWriter::Tcp(_))
+    }
+
+    /// Whether everything queued has been handed to the socket (or flushed to the
+    /// WebSocket).
+    pub fn is_written(&self) -> bool {
+        self.bytes == 0 && !self.unflushed
+    }
+
+    /// The writer, taken to be closed once everything is written; the queue writes
+    /// nothing more.
+    pub fn take_writer(&mut self) -> FrameWriter {
+        std::mem::replace(&mut self.writer, FrameWriter::Closed)
     }
 
     /// Writes everything queued, waiting for the socket as needed.
     pub async fn flush(&mut self) -> Result<(), TransportError> {
         loop {
             self.write_some()?;
-            if self.bytes == 0 && !self.unflushed {
+            if self.is_written() {
                 return Ok(());
             }
             self.writable().await?;

@@ -10,7 +10,7 @@ use casataa_proto::message::{
     AdminRequest, AdminResult, ChatMessage, ClientMessage, CloseReason, Content, ErrorCode, ServerMessage,
 };
 use casataa_proto::types::Target;
-use common::{TestServer, name};
+use common::{TestServer, http_get, name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -423,6 +423,109 @@ async fn joining_and_leaving_a_room_start_and_stop_its_live_messages_at_once() {
     let after = alice.send_text(general(), "still here".try_into().unwrap()).await.unwrap();
     let m = next_delivery(&mut bob).await;
     assert_eq!((m.seq, text(&m)), (after, "still here"));
+}
+
+/// Chat messages delivered by the server so far, from `/metrics`.
+fn deliveries_total(server: &TestServer) -> u64 {
+    let (_, metrics) = http_get(server, "/metrics");
+    let line =
+        metrics.lines().find(|line| line.starts_with("casataa_deliveries_total ")).expect("the counter");
+    line.rsplit(' ').next().and_then(|value| value.parse().ok()).expect("a count")
+}
+
+/// Reads deliveries until `count` have come, pausing for `pause` after every `every`
+/// (none if `every` is 0); returns their numbers in the order they came.
+async fn read_deliveries(client: &mut Client, count: usize, every: usize, pause: Duration) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while seqs.len() < count {
+        let event =
+            timeout(Duration::from_secs(30), client.next_event()).await.expect("deliveries keep coming");
+        if let Event::Message(ServerMessage::Deliver(m)) = event.expect("connection alive") {
+            seqs.push(m.seq);
+            if every > 0 && seqs.len() % every == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        client.flush().await.unwrap();
+    }
+    seqs
+}
+
+/// The fan-out writes each message to the sessions that keep up; a session that fell
+/// behind (its reader pauses) pulls what it missed itself, then is written to again.
+/// Between them every message is delivered once, in order, and only to whom it is for.
+/// The client drops a copy it was sent twice, so the server's own count of deliveries
+/// is checked too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_delivered_once_in_order_and_only_where_it_belongs_whoever_writes_it() {
+    // Small socket buffers: a reader that pauses soon leaves frames waiting in its
+    // session's queue.
+    let users = [("alice", "pa", false), ("bob", "pb", false), ("carol", "pc", false)];
+    let server = TestServer::start_with(&users, "socket_send_buffer = 16384");
+    let mut alice = server.connect("alice", "pa").await.unwrap();
+    let mut bob = server.connect("bob", "pb").await.unwrap();
+    let carol = server.connect("carol", "pc").await.unwrap();
+    let side = name("side");
+    alice.request(&ClientMessage::CreateRoom { room: side.clone() }).await.unwrap();
+    assert_eq!(room_joined(&mut alice).await, side);
+    bob.request(&ClientMessage::JoinRoom { room: side.clone() }).await.unwrap();
+    assert_eq!(room_joined(&mut bob).await, side);
+    let before = deliveries_total(&server);
+
+    // A third to #general (large, so that a reader that pauses falls behind), a third
+    // to #side (bob, not carol), a third directly to bob.
+    const MESSAGES: usize = 600;
+    let targets = [general(), Target::Room(side.clone()), Target::User(name("bob"))];
+    let big = "g".repeat(2000);
+    // Bob keeps up; carol stops for a second early on, then for a moment every 25.
+    let bob = tokio::spawn(async move { read_deliveries(&mut bob, MESSAGES, 0, Duration::ZERO).await });
+    let carol = tokio::spawn(async move {
+        let mut carol = carol;
+        let first = read_deliveries(&mut carol, 20, 0, Duration::ZERO).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rest = read_deliveries(&mut carol, MESSAGES / 3 - 20, 25, Duration::from_millis(100)).await;
+        [first, rest].concat()
+    });
+    let (mut stored, mut alice_got) = (Vec::new(), 0);
+    for burst in 0..MESSAGES / 20 {
+        let mut ids = std::collections::HashMap::new();
+        for i in burst * 20..(burst + 1) * 20 {
+            let body = if i % 3 == 0 { big.clone() } else { format!("message {i}") };
+            let id = alice.queue_message(targets[i % 3].clone(), body.as_str().try_into().unwrap()).unwrap();
+            ids.insert(id, i % 3);
+        }
+        alice.flush().await.unwrap();
+        while !ids.is_empty() {
+            match timeout(Duration::from_secs(30), alice.next_event()).await.unwrap().unwrap() {
+                Event::Message(ServerMessage::Stored { client_id, seq, .. }) => {
+                    if let Some(target) = ids.remove(&client_id) {
+                        stored.push((seq, target));
+                    }
+                }
+                Event::Message(ServerMessage::Deliver(_)) => alice_got += 1,
+                _ => {}
+            }
+            alice.flush().await.unwrap();
+        }
+    }
+    stored.sort_unstable();
+    let all: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    let in_general: Vec<u64> =
+        stored.iter().filter(|(_, target)| *target == 0).map(|(seq, _)| *seq).collect();
+    assert_eq!(bob.await.unwrap(), all, "bob: every message, once each, in order");
+    assert_eq!(carol.await.unwrap(), in_general, "carol: #general only, once each, in order");
+
+    // Alice is sent all of them too (her rooms, her own direct messages). The copy the
+    // client would hide would show in the server's count.
+    while alice_got < MESSAGES {
+        let event = timeout(Duration::from_secs(30), alice.next_event()).await.unwrap().unwrap();
+        if matches!(event, Event::Message(ServerMessage::Deliver(_))) {
+            alice_got += 1;
+        }
+        alice.flush().await.unwrap();
+    }
+    let delivered = deliveries_total(&server) - before;
+    assert_eq!(delivered, (MESSAGES * 2 + MESSAGES / 3) as u64, "each message delivered once to each reader");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

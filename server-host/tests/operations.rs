@@ -10,19 +10,7 @@ use std::time::Duration;
 use casataa_cli::client::Event;
 use casataa_proto::message::ServerMessage;
 use casataa_proto::types::Target;
-use common::{TestServer, name};
-
-/// A plain `GET path` on the HTTP listener: the status code and the body.
-fn http_get(server: &TestServer, path: &str) -> (u16, String) {
-    let mut socket = std::net::TcpStream::connect(&server.http).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(socket, "GET {path} HTTP/1.1\r\nHost: casataa\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
-}
+use common::{TestServer, http_get, name};
 
 /// Parses the Prometheus text format strictly: every sample's family has a `# TYPE`
 /// before it, every value is a number, histogram buckets never decrease and end with

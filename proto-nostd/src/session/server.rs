@@ -318,6 +318,13 @@ pub struct ServerCodec {
 }
 
 impl ServerCodec {
+    /// The codec of a session whose client takes frames of up to `client_max_frame`
+    /// bytes. It holds nothing else: any code that writes that client's deliveries can
+    /// encode them alike.
+    pub fn new(client_max_frame: usize) -> Self {
+        Self { client_max_frame }
+    }
+
     /// Decodes an opened frame (the whole frame, its plaintext between the header byte
     /// and the tag). An error means the client broke the protocol: end the session.
     pub fn handle_opened<'f>(&self, frame: &'f [u8]) -> Result<ServerEvent<'f>, SessionError> {

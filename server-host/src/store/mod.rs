@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 pub use self::backup::{BackupReport, DataDirLock, RestoreReport, backup, restore};
 use self::cursors::{Device, Moved};
 use self::queries::{advance_cursor, cursor};
+pub use self::sequence::Recent;
 use self::sequence::{Outcome, Published, Settled, Start};
 use crate::metrics::Histogram;
 
@@ -279,15 +280,15 @@ impl Store {
     }
 
     /// Up to `limit` recent messages after `seq` that `wanted` accepts, up to the first
-    /// one not yet decided; or, if the recent ones do not reach back to `seq`, `Err`
-    /// with the number up to which SQLite holds every message (read it instead, up to
-    /// there and no further).
+    /// one not yet decided, and the number they were looked for up to; or, if the
+    /// recent ones do not reach back to `seq`, `Err` with the number up to which SQLite
+    /// holds every message (read it instead, up to there and no further).
     pub fn recent_after(
         &self,
         seq: Seq,
         limit: usize,
         wanted: impl FnMut(&ChatMessage) -> bool,
-    ) -> Result<Vec<Arc<ChatMessage>>, Seq> {
+    ) -> Result<Recent, Seq> {
         self.inner.published.after(seq, limit, wanted)
     }
 
@@ -608,7 +609,7 @@ mod tests {
         second_running.await.unwrap();
 
         let shown: Vec<Seq> =
-            store.recent_after(before, 10, |_| true).unwrap().iter().map(|m| m.seq).collect();
+            store.recent_after(before, 10, |_| true).unwrap().messages.iter().map(|m| m.seq).collect();
         assert_eq!(*store.latest_seq().borrow(), shown.last().copied().unwrap_or(before));
         let seen = (shown, stored_messages(&store).await);
         assert!(!append.is_finished(), "the sender hears only after the commit");
@@ -616,7 +617,7 @@ mod tests {
         release_second.send(()).unwrap();
         let (appended, ()) = append.await.unwrap().unwrap();
         assert_eq!(stored_messages(&store).await, 1);
-        assert_eq!(store.recent_after(before, 10, |_| true).unwrap().len(), 1);
+        assert_eq!(store.recent_after(before, 10, |_| true).unwrap().messages.len(), 1);
         assert_eq!(*store.latest_seq().borrow(), appended.seq);
         first.await.unwrap();
         second.await.unwrap();
@@ -682,7 +683,7 @@ mod tests {
 
     /// Numbers shown to the sessions after `seq`.
     fn shown_after(store: &Store, seq: Seq) -> Vec<Seq> {
-        store.recent_after(seq, 100, |_| true).unwrap().iter().map(|m| m.seq).collect()
+        store.recent_after(seq, 100, |_| true).unwrap().messages.iter().map(|m| m.seq).collect()
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -748,7 +749,10 @@ mod tests {
         assert_eq!(read.len() as u64, covered);
         assert_eq!(read.last().map(|m| m.seq), Some(covered));
         // From there on, memory has the rest.
-        assert_eq!(store.recent_after(covered, usize::MAX, |_| true).unwrap().len() as u64, count - covered);
+        assert_eq!(
+            store.recent_after(covered, usize::MAX, |_| true).unwrap().messages.len() as u64,
+            count - covered
+        );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -202,34 +202,36 @@ impl Published {
         Ok(seq)
     }
 
-    /// Up to `limit` visible messages after `seq` that `wanted` accepts, or, if the
-    /// recent ones do not reach back to `seq`, `Err` with the number up to which SQLite
-    /// holds everything (read it instead, no further).
+    /// Up to `limit` visible messages after `seq` that `wanted` accepts, and how far
+    /// they were looked for; or, if the recent ones do not reach back to `seq`, `Err`
+    /// with the number up to which SQLite holds everything (read it instead, no
+    /// further).
     pub(super) fn after(
         &self,
         seq: Seq,
         limit: usize,
         mut wanted: impl FnMut(&ChatMessage) -> bool,
-    ) -> Result<Vec<Arc<ChatMessage>>, Seq> {
+    ) -> Result<Recent, Seq> {
         let numbering = self.numbering();
         let Some(start) = seq.saturating_add(1).checked_sub(numbering.first) else {
             return Err(numbering.first - 1);
         };
         let start = usize::try_from(start).unwrap_or(usize::MAX);
-        let mut found = Vec::new();
-        for slot in numbering.slots.iter().skip(start) {
+        let mut recent = Recent { messages: Vec::new(), through: seq };
+        for (number, slot) in (seq + 1..).zip(numbering.slots.iter().skip(start)) {
             match slot {
                 Slot::Pending => break,
                 Slot::Shown(message) if wanted(message) => {
-                    found.push(Arc::clone(message));
-                    if found.len() == limit {
+                    recent.messages.push(Arc::clone(message));
+                    recent.through = number;
+                    if recent.messages.len() == limit {
                         break;
                     }
                 }
-                Slot::Shown(_) | Slot::Burned => {}
+                Slot::Shown(_) | Slot::Burned => recent.through = number,
             }
         }
-        Ok(found)
+        Ok(recent)
     }
 
     /// Sets a slot a job decided, and shows what became visible.
@@ -274,7 +276,7 @@ impl Published {
         self.show_decided(numbering);
     }
 
-    /// Moves past every decided slot and, if that moved, wakes the sessions (after the
+    /// Moves past every decided slot and, if that moved, wakes the fan-out (after the
     /// lock is released).
     fn show_decided(&self, mut numbering: MutexGuard<'_, Numbering>) {
         if !numbering.advance_visible() {
@@ -288,6 +290,16 @@ impl Published {
             newer
         });
     }
+}
+
+/// Recent messages after a number, as [`Published::after`] found them.
+#[derive(Debug)]
+pub struct Recent {
+    /// The messages wanted, in order.
+    pub messages: Vec<Arc<ChatMessage>>,
+    /// Every visible number up to this one was looked at: a reader that took all of
+    /// `messages` has nothing more to read up to here.
+    pub through: Seq,
 }
 
 /// What a batch leaves to settle once it has committed or failed.
@@ -366,24 +378,14 @@ mod tests {
     use casataa_proto::types::Target;
 
     use super::*;
-
-    fn message(seq: Seq, content: Content) -> Arc<ChatMessage> {
-        Arc::new(ChatMessage {
-            seq,
-            at: 1,
-            from: Name::new("alice").unwrap(),
-            to: Target::Room(Name::new("general").unwrap()),
-            client_id: seq,
-            content,
-        })
-    }
+    use crate::testing::message;
 
     fn text(seq: Seq) -> Arc<ChatMessage> {
         message(seq, Content::Text("hi".try_into().unwrap()))
     }
 
     fn shown(published: &Published) -> Vec<Seq> {
-        published.after(0, 100, |_| true).unwrap().iter().map(|m| m.seq).collect()
+        published.after(0, 100, |_| true).unwrap().messages.iter().map(|m| m.seq).collect()
     }
 
     fn latest(published: &Published) -> Seq {
@@ -410,6 +412,35 @@ mod tests {
         let conn = super::super::open_for_admin(&dir, 1).unwrap();
         let published = Published::open(&conn).unwrap();
         (conn, published, dir)
+    }
+
+    /// How far a reader looked ([`Recent::through`]) is what lets a caught-up session
+    /// skip the messages that are not for it, and the fan-out tell whether a session
+    /// is caught up: it must reach past them, and never past a pending number.
+    #[test]
+    fn a_reader_looks_past_messages_not_for_it_but_never_past_a_pending_number() {
+        let (_conn, published, dir) = published("through");
+        for key in 1..=2 {
+            number(&published, key, true);
+        }
+        let (pending, _) = number(&published, 3, false);
+        number(&published, 4, true);
+        let seqs = |recent: &Recent| recent.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let all = published.after(0, 100, |_| true).unwrap();
+        assert_eq!((seqs(&all), all.through), (vec![1, 2], 2));
+        let first_only = published.after(0, 100, |m| m.seq == 1).unwrap();
+        assert_eq!((seqs(&first_only), first_only.through), (vec![1], 2), "past a message not wanted");
+        let none = published.after(0, 100, |_| false).unwrap();
+        assert_eq!((seqs(&none), none.through), (vec![], 2));
+        let limited = published.after(0, 1, |_| true).unwrap();
+        assert_eq!((seqs(&limited), limited.through), (vec![1], 1), "no further than a full batch");
+        let nothing_new = published.after(2, 100, |_| true).unwrap();
+        assert_eq!((seqs(&nothing_new), nothing_new.through), (vec![], 2));
+        let mut settled = Settled::default();
+        settled.decide(&published, pending, Outcome::Burned);
+        let burned = published.after(2, 100, |_| true).unwrap();
+        assert_eq!((seqs(&burned), burned.through), (vec![4], 4), "past a burned number");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -499,12 +530,12 @@ mod tests {
         }
         // Nothing settled: everything stays.
         published.settle(&Settled::default());
-        assert_eq!(published.after(0, 1, |_| true).unwrap().len(), 1);
+        assert_eq!(published.after(0, 1, |_| true).unwrap().messages.len(), 1);
         // The first 60 settled: only they may leave.
         published.settle(&Settled { committed: true, numbered: vec![60], ..Settled::default() });
         assert_eq!(published.after(0, 1, |_| true).err(), Some(60));
         assert_eq!(published.after(59, 1, |_| true).err(), Some(60));
-        assert_eq!(published.after(60, 1, |_| true).unwrap()[0].seq, 61);
+        assert_eq!(published.after(60, 1, |_| true).unwrap().messages[0].seq, 61);
         published.settle(&Settled { committed: true, numbered: vec![total], ..Settled::default() });
         assert_eq!(published.after(0, 1, |_| true).err(), Some(100));
         std::fs::remove_dir_all(&dir).unwrap();

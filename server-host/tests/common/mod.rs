@@ -263,3 +263,16 @@ pub fn device_for(user: &str) -> [u8; 16] {
 pub fn name(s: &str) -> Name {
     Name::new(s).unwrap()
 }
+
+/// A plain `GET path` on the server's HTTP listener: the status code and the body.
+pub fn http_get(server: &TestServer, path: &str) -> (u16, String) {
+    use std::io::Read as _;
+    let mut socket = std::net::TcpStream::connect(&server.http).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(socket, "GET {path} HTTP/1.1\r\nHost: casataa\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
