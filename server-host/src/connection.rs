@@ -65,8 +65,9 @@ const CHUNK_MAX: usize = 60 * 1024;
 const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
 
 thread_local! {
-    /// Where frames are encoded before they are copied into the outbound queue.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> =
+    /// Where frames are encoded before they are copied into the outbound queue (by the
+    /// sessions and the fan-out).
+    pub(crate) static SCRATCH: std::cell::RefCell<Vec<u8>> =
         std::cell::RefCell::new(vec![0u8; casataa_proto::limits::FRAME_MAX]);
 }
 
