@@ -634,9 +634,10 @@ impl Live<'_> {
             // thread do not wait behind a socketful of chunks (this session's own
             // frames went out just above).
             self.turns.take_turn().await;
-            if self.backlog && self.outlet.lock().queue.has_room() {
-                // From memory without leaving this step; only a read from SQLite waits
-                // (and is boxed, so its future takes no room in the session's).
+            if self.backlog {
+                // From memory without leaving this step, while the queue has room; only
+                // a read from SQLite waits (and is boxed, so its future takes no room in
+                // the session's).
                 let delivered = match self.deliver_recent() {
                     Ok(Some(up_to)) => Box::pin(self.deliver_stored(up_to)).await,
                     Ok(None) => Ok(()),

@@ -20,7 +20,6 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::Poll;
 
 use casataa_proto::limits::{HEADER_LEN, TAG_LEN};
 use casataa_proto::message::ChatMessage;
@@ -77,19 +76,10 @@ impl Outlet {
         std::future::poll_fn(move |cx| self.lock().queue.poll_writable(cx))
     }
 
-    /// Writes everything queued, waiting for the socket as needed.
+    /// Writes everything queued, waiting for the socket as needed (see
+    /// [`OutQueue::flush`]); the lock is taken only while polling.
     pub async fn flush(&self) -> Result<(), TransportError> {
-        std::future::poll_fn(|cx| {
-            let mut out = self.lock();
-            loop {
-                out.queue.write_some()?;
-                if out.queue.is_written() {
-                    return Poll::Ready(Ok(()));
-                }
-                std::task::ready!(out.queue.poll_writable(cx))?;
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.lock().queue.poll_flush(cx)).await
     }
 
     /// Writes everything queued, then closes the connection. The fan-out must be done

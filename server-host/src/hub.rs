@@ -327,8 +327,8 @@ impl Hub {
         self.throttle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers an authenticated session.
-    /// Registers a session of `user`'s, whose messages the fan-out writes to `outlet`.
+    /// Registers an authenticated session of `user`'s, whose messages the fan-out writes
+    /// to `outlet`.
     pub fn register(
         self: &Arc<Self>,
         user: &Name,

@@ -622,7 +622,7 @@ impl OutQueue {
 
     /// Whether everything queued has been handed to the socket (or flushed to the
     /// WebSocket).
-    pub fn is_written(&self) -> bool {
+    fn is_written(&self) -> bool {
         self.bytes == 0 && !self.unflushed
     }
 
@@ -634,12 +634,17 @@ impl OutQueue {
 
     /// Writes everything queued, waiting for the socket as needed.
     pub async fn flush(&mut self) -> Result<(), TransportError> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// [`Self::flush`] as a poll, for a queue behind a lock (see `fanout.rs`).
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
         loop {
             self.write_some()?;
             if self.is_written() {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
-            self.writable().await?;
+            ready!(self.poll_writable(cx))?;
         }
     }
 
