@@ -330,8 +330,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             loop {
                 let page = session
                     .client
-                    .wait_for(|e| match e {
-                        Event::Message(ServerMessage::Online { users, last }) => Some((users.clone(), *last)),
+                    .wait_for(|e| match e.message() {
+                        Some(ServerMessage::Online { users, last }) => Some((users.clone(), *last)),
                         _ => None,
                     })
                     .await?;
@@ -396,10 +396,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 session.client.request(&ClientMessage::ListFiles { before }).await?;
                 let (files, last) = session
                     .client
-                    .wait_for(|e| match e {
-                        Event::Message(ServerMessage::FileList { files, last }) => {
-                            Some((files.clone(), *last))
-                        }
+                    .wait_for(|e| match e.message() {
+                        Some(ServerMessage::FileList { files, last }) => Some((files.clone(), *last)),
                         _ => None,
                     })
                     .await?;
@@ -475,17 +473,17 @@ async fn tail(
             },
             None => session.client.next_event().await?,
         };
-        match event {
-            Event::Message(ServerMessage::Deliver(message)) => {
+        match event.message() {
+            Some(ServerMessage::Deliver(message)) => {
                 if as_json {
-                    println!("{}", json::message(&message));
+                    println!("{}", json::message(message));
                 } else {
-                    println!("{}", show(&message));
+                    println!("{}", show(message));
                 }
                 session.state.set_watermark(&server, message.seq)?;
                 shown += 1;
             }
-            Event::Message(ServerMessage::Closing { reason }) => {
+            Some(ServerMessage::Closing { reason }) => {
                 bail!("the server closed the session: {reason:?}")
             }
             _ => {}
@@ -597,7 +595,7 @@ async fn chat_command(session: &mut Session, current: &mut Target, line: &str) -
 }
 
 fn show_event(event: &Event) {
-    let Event::Message(message) = event else { return };
+    let Some(message) = event.message() else { return };
     match message {
         ServerMessage::Deliver(m) | ServerMessage::HistoryItem(m) => println!("{}", show(m)),
         ServerMessage::HistoryEnd { target, more } => {
@@ -655,11 +653,11 @@ async fn admin(session: &mut Session, command: &AdminCommand) -> anyhow::Result<
     let mut sessions: Vec<SessionInfo> = Vec::new();
     let mut activity: Vec<ActivityEvent> = Vec::new();
     let result = loop {
-        match client.next_event().await? {
-            Event::Message(ServerMessage::AdminResult { req: 1, result }) => break result,
-            Event::Message(ServerMessage::Sessions { sessions: page, .. }) => sessions.extend(page),
-            Event::Message(ServerMessage::Activity(event)) => activity.push(event),
-            Event::Message(ServerMessage::Closing { reason }) => {
+        match client.next_event().await?.into_message() {
+            Some(ServerMessage::AdminResult { req: 1, result }) => break result,
+            Some(ServerMessage::Sessions { sessions: page, .. }) => sessions.extend(page),
+            Some(ServerMessage::Activity(event)) => activity.push(event),
+            Some(ServerMessage::Closing { reason }) => {
                 bail!("the server closed the session: {reason:?}")
             }
             _ => {}
@@ -696,7 +694,9 @@ async fn admin(session: &mut Session, command: &AdminCommand) -> anyhow::Result<
                 }
                 if *follow {
                     loop {
-                        if let Event::Message(ServerMessage::Activity(event)) = client.next_event().await? {
+                        if let Some(ServerMessage::Activity(event)) =
+                            client.next_event().await?.into_message()
+                        {
                             println!("{}", show_activity(&event));
                         }
                         client.flush().await?;
@@ -769,8 +769,8 @@ async fn next_admin_page<T>(
 ) -> anyhow::Result<T> {
     client.request(&ClientMessage::Admin { req: 2, request }).await?;
     let result = client
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::AdminResult { req: 2, result }) => Some(result.clone()),
+        .wait_for(|e| match e.message() {
+            Some(ServerMessage::AdminResult { req: 2, result }) => Some(result.clone()),
             _ => None,
         })
         .await?;

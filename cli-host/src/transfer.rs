@@ -80,11 +80,11 @@ pub async fn upload(
     let offer = FileOffer { transfer: 1, name: truncated::<FILE_NAME_MAX>(&name), size, sha256, to };
     client.request(&ClientMessage::FileOffer(offer)).await?;
     let (id, offset, chunk_max, window) = loop {
-        match client.next_event().await? {
-            Event::Message(ServerMessage::FileAccepted { transfer: 1, file, offset, chunk_max, window }) => {
+        match client.next_event().await?.into_message() {
+            Some(ServerMessage::FileAccepted { transfer: 1, file, offset, chunk_max, window }) => {
                 break (file, offset, chunk_max, window);
             }
-            Event::Message(ServerMessage::Error(report)) if report.about == 1 => {
+            Some(ServerMessage::Error(report)) if report.about == 1 => {
                 return Err(refused(&report));
             }
             _ => {}
@@ -106,19 +106,19 @@ pub async fn upload(
             sent += len as u64;
         }
         client.flush().await?;
-        match client.next_event().await? {
-            Event::Message(ServerMessage::FileProgress { file, received }) if file == id => {
+        match client.next_event().await?.into_message() {
+            Some(ServerMessage::FileProgress { file, received }) if file == id => {
                 confirmed = confirmed.max(received);
                 progress(confirmed, size);
             }
-            Event::Message(ServerMessage::FileStored { file, .. }) if file == id => {
+            Some(ServerMessage::FileStored { file, .. }) if file == id => {
                 progress(size, size);
                 return Ok(id);
             }
-            Event::Message(ServerMessage::Error(report)) if report.about == id => {
+            Some(ServerMessage::Error(report)) if report.about == id => {
                 return Err(refused(&report));
             }
-            Event::Message(ServerMessage::Closing { reason }) => {
+            Some(ServerMessage::Closing { reason }) => {
                 return Err(ClientError::Kicked(reason).into());
             }
             _ => {}
@@ -181,11 +181,11 @@ pub async fn download(
     let held = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
     client.request(&ClientMessage::FileDownload { file: id, offset: held }).await?;
     let (info, start) = loop {
-        match client.next_event().await? {
-            Event::Message(ServerMessage::FileStart { file, offset }) if file.id == id => {
+        match client.next_event().await?.into_message() {
+            Some(ServerMessage::FileStart { file, offset }) if file.id == id => {
                 break (file, offset);
             }
-            Event::Message(ServerMessage::Error(report)) if report.about == id => {
+            Some(ServerMessage::Error(report)) if report.about == id => {
                 return Err(refused(&report));
             }
             _ => {}
@@ -254,13 +254,16 @@ async fn receive_chunks(
                     progress(received, info.size);
                 }
             }
-            Event::Message(ServerMessage::Error(report)) if report.about == id => {
-                return Err(refused(&report));
-            }
-            Event::Message(ServerMessage::Closing { reason }) => {
-                return Err(ClientError::Kicked(reason).into());
-            }
-            _ => {}
+            Event::Message(message) => match *message {
+                ServerMessage::Error(report) if report.about == id => {
+                    return Err(refused(&report));
+                }
+                ServerMessage::Closing { reason } => {
+                    return Err(ClientError::Kicked(reason).into());
+                }
+                _ => {}
+            },
+            Event::Chunk { .. } => {}
         }
         client.flush().await?;
     }

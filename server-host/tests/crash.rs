@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use casataa_cli::client::{Client, Event};
+use casataa_cli::client::Client;
 use casataa_cli::transfer::{self, Destination};
 use casataa_proto::message::{ChatMessage, Content, ServerMessage};
 use casataa_proto::types::{Seq, Target};
@@ -83,8 +83,8 @@ async fn read_until(
     while messages.last().map_or(0, |m| m.seq) < until {
         let message = timeout(
             Duration::from_secs(20),
-            reader.wait_for(|e| match e {
-                Event::Message(ServerMessage::Deliver(m)) => Some(m.clone()),
+            reader.wait_for(|e| match e.message() {
+                Some(ServerMessage::Deliver(m)) => Some(m.clone()),
                 _ => None,
             }),
         )
@@ -104,13 +104,10 @@ fn live_reader(mut client: Client) -> tokio::task::JoinHandle<Vec<(Seq, String)>
     tokio::spawn(async move {
         let mut shown = Vec::new();
         while let Ok(event) = client.next_event().await {
-            if let Event::Message(ServerMessage::Deliver(ChatMessage {
-                seq,
-                content: Content::Text(body),
-                ..
-            })) = event
+            if let Some(ServerMessage::Deliver(ChatMessage { seq, content: Content::Text(body), .. })) =
+                event.message()
             {
-                shown.push((seq, body.to_string()));
+                shown.push((*seq, body.to_string()));
             }
         }
         shown

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use casataa_cli::client::{Client, Event};
+use casataa_cli::client::Client;
 use casataa_cli::transfer::{self, Destination, TransferError, sha256_file};
 use casataa_proto::message::{ClientMessage, Content, ErrorCode, FileChunk, FileOffer, ServerMessage};
 use casataa_proto::types::Target;
@@ -40,8 +40,8 @@ fn general() -> Target {
 async fn announcement(client: &mut Client) -> casataa_proto::message::FileInfo {
     timeout(
         Duration::from_secs(20),
-        client.wait_for(|e| match e {
-            Event::Message(ServerMessage::Deliver(m)) => match &m.content {
+        client.wait_for(|e| match e.message() {
+            Some(ServerMessage::Deliver(m)) => match &m.content {
                 Content::File(info) => Some(info.clone()),
                 Content::Text(_) => None,
             },
@@ -90,8 +90,8 @@ async fn only_the_people_it_was_shared_with_may_download() {
     // And eve's file list does not show it; bob's does.
     eve.request(&ClientMessage::ListFiles { before: None }).await.unwrap();
     let listed = eve
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::FileList { files, .. }) => Some(files.len()),
+        .wait_for(|e| match e.message() {
+            Some(ServerMessage::FileList { files, .. }) => Some(files.len()),
             _ => None,
         })
         .await
@@ -119,8 +119,8 @@ async fn oversize_offers_and_quota_are_refused_before_anything_is_written() {
     };
     alice.request(&offer(1_000_001)).await.unwrap();
     let code = alice
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::Error(report)) if report.about == 7 => Some(report.code),
+        .wait_for(|e| match e.message() {
+            Some(ServerMessage::Error(report)) if report.about == 7 => Some(report.code),
             _ => None,
         })
         .await
@@ -154,8 +154,8 @@ async fn hostile_names_are_stored_as_data_and_written_safely() {
             FileOffer { transfer: 2, name: hostile.try_into().unwrap(), size: 1000, sha256, to: general() };
         alice.request(&ClientMessage::FileOffer(offer)).await.unwrap();
         let id = alice
-            .wait_for(|e| match e {
-                Event::Message(ServerMessage::FileAccepted { transfer: 2, file, .. }) => Some(*file),
+            .wait_for(|e| match e.message() {
+                Some(ServerMessage::FileAccepted { transfer: 2, file, .. }) => Some(*file),
                 _ => None,
             })
             .await
@@ -166,7 +166,7 @@ async fn hostile_names_are_stored_as_data_and_written_safely() {
             .unwrap();
         alice
             .wait_for(|e| {
-                matches!(e, Event::Message(ServerMessage::FileStored { file, .. }) if *file == id)
+                matches!(e.message(), Some(ServerMessage::FileStored { file, .. }) if *file == id)
                     .then_some(())
             })
             .await
@@ -227,8 +227,8 @@ async fn an_interrupted_upload_and_download_resume_without_resending() {
     };
     alice.request(&ClientMessage::FileOffer(offer)).await.unwrap();
     let id = alice
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::FileAccepted { transfer: 1, file, offset: 0, .. }) => Some(*file),
+        .wait_for(|e| match e.message() {
+            Some(ServerMessage::FileAccepted { transfer: 1, file, offset: 0, .. }) => Some(*file),
             _ => None,
         })
         .await
@@ -239,7 +239,7 @@ async fn an_interrupted_upload_and_download_resume_without_resending() {
     }
     alice.request(&ClientMessage::Ping { nonce: 1 }).await.unwrap();
     alice
-        .wait_for(|e| matches!(e, Event::Message(ServerMessage::Pong { nonce: 1 })).then_some(()))
+        .wait_for(|e| matches!(e.message(), Some(ServerMessage::Pong { nonce: 1 })).then_some(()))
         .await
         .unwrap();
     drop(alice);
@@ -289,8 +289,8 @@ async fn a_chat_message_queued_behind_file_chunks_is_sent_before_them() {
     };
     alice.request(&ClientMessage::FileOffer(offer)).await.unwrap();
     let id = alice
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::FileAccepted { transfer: 3, file, .. }) => Some(*file),
+        .wait_for(|e| match e.message() {
+            Some(ServerMessage::FileAccepted { transfer: 3, file, .. }) => Some(*file),
             _ => None,
         })
         .await
@@ -306,12 +306,9 @@ async fn a_chat_message_queued_behind_file_chunks_is_sent_before_them() {
     // had the chunks gone first, the file's announcement would precede the chat.
     let (mut chat_seq, mut file_seq) = (None, None);
     while chat_seq.is_none() || file_seq.is_none() {
-        match timeout(Duration::from_secs(10), alice.next_event()).await.unwrap().unwrap() {
-            Event::Message(ServerMessage::Stored { client_id, seq, .. }) if client_id == chat => {
-                chat_seq = Some(seq)
-            }
-            Event::Message(ServerMessage::Deliver(m)) if matches!(&m.content, Content::File(f) if f.id == id) =>
-            {
+        match timeout(Duration::from_secs(10), alice.next_event()).await.unwrap().unwrap().into_message() {
+            Some(ServerMessage::Stored { client_id, seq, .. }) if client_id == chat => chat_seq = Some(seq),
+            Some(ServerMessage::Deliver(m)) if matches!(&m.content, Content::File(f) if f.id == id) => {
                 file_seq = Some(m.seq);
             }
             _ => {}
@@ -435,8 +432,8 @@ async fn a_full_disk_fails_that_transfer_cleanly_and_nothing_else() {
     let seq = alice.send_text(general(), "still here".try_into().unwrap()).await.unwrap();
     let seen = timeout(
         Duration::from_secs(10),
-        bob.wait_for(|e| match e {
-            Event::Message(ServerMessage::Deliver(m)) if m.seq == seq => Some(()),
+        bob.wait_for(|e| match e.message() {
+            Some(ServerMessage::Deliver(m)) if m.seq == seq => Some(()),
             _ => None,
         }),
     )
@@ -518,8 +515,8 @@ async fn the_same_upload_on_a_second_connection_is_refused_while_the_first_write
     };
     first.request(&ClientMessage::FileOffer(offer(1))).await.unwrap();
     let id = first
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::FileAccepted { transfer: 1, file, .. }) => Some(*file),
+        .wait_for(|e| match e.message() {
+            Some(ServerMessage::FileAccepted { transfer: 1, file, .. }) => Some(*file),
             _ => None,
         })
         .await
@@ -530,9 +527,9 @@ async fn the_same_upload_on_a_second_connection_is_refused_while_the_first_write
     second.request(&ClientMessage::FileOffer(offer(2))).await.unwrap();
     let answer = timeout(
         Duration::from_secs(20),
-        second.wait_for(|e| match e {
-            Event::Message(ServerMessage::Error(report)) if report.about == 2 => Some(Err(report.code)),
-            Event::Message(ServerMessage::FileAccepted { transfer: 2, .. }) => Some(Ok(())),
+        second.wait_for(|e| match e.message() {
+            Some(ServerMessage::Error(report)) if report.about == 2 => Some(Err(report.code)),
+            Some(ServerMessage::FileAccepted { transfer: 2, .. }) => Some(Ok(())),
             _ => None,
         }),
     )
@@ -547,9 +544,9 @@ async fn the_same_upload_on_a_second_connection_is_refused_while_the_first_write
     first.flush().await.unwrap();
     let stored = timeout(
         Duration::from_secs(20),
-        first.wait_for(|e| match e {
-            Event::Message(ServerMessage::FileStored { file, sha256 }) if *file == id => Some(*sha256),
-            Event::Message(ServerMessage::Error(report)) if report.about == id => panic!("{report:?}"),
+        first.wait_for(|e| match e.message() {
+            Some(ServerMessage::FileStored { file, sha256 }) if *file == id => Some(*sha256),
+            Some(ServerMessage::Error(report)) if report.about == id => panic!("{report:?}"),
             _ => None,
         }),
     )

@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use casataa_cli::client::{Client, Event};
+use casataa_cli::client::Client;
 use casataa_proto::ClientSession;
 use casataa_proto::frame::{StreamItem, decode_stream, length_prefix};
 use casataa_proto::handshake::derive_user_key;
@@ -69,8 +69,8 @@ impl Arena {
         self.acked.insert(body.clone(), seq);
         let got = timeout(
             Duration::from_secs(10),
-            self.bob.wait_for(|e| match e {
-                Event::Message(ServerMessage::Deliver(m)) if m.seq == seq => Some(m.clone()),
+            self.bob.wait_for(|e| match e.message() {
+                Some(ServerMessage::Deliver(m)) if m.seq == seq => Some(m.clone()),
                 _ => None,
             }),
         )
@@ -608,10 +608,8 @@ async fn admin(client: &mut Client, req: u32, request: AdminRequest) -> AdminRes
     client.request(&ClientMessage::Admin { req, request }).await.unwrap();
     timeout(
         Duration::from_secs(10),
-        client.wait_for(|e| match e {
-            Event::Message(ServerMessage::AdminResult { req: r, result }) if *r == req => {
-                Some(result.clone())
-            }
+        client.wait_for(|e| match e.message() {
+            Some(ServerMessage::AdminResult { req: r, result }) if *r == req => Some(result.clone()),
             _ => None,
         }),
     )
@@ -630,8 +628,8 @@ async fn a_kicked_user_may_come_back_and_a_disabled_one_may_not() {
     assert_eq!(admin(&mut root, 1, AdminRequest::Kick { user: name("mallory") }).await, AdminResult::Done);
     let closing = timeout(
         Duration::from_secs(10),
-        mallory.wait_for(|e| match e {
-            Event::Message(ServerMessage::Closing { reason }) => Some(*reason),
+        mallory.wait_for(|e| match e.message() {
+            Some(ServerMessage::Closing { reason }) => Some(*reason),
             _ => None,
         }),
     )

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use casataa_cli::client::Event;
 use casataa_proto::message::ServerMessage;
 use casataa_proto::types::Target;
 use common::{TestServer, http_get, name};
@@ -85,7 +84,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
             .unwrap();
     }
     for _ in 0..5 {
-        bob.wait_for(|e| matches!(e, Event::Message(ServerMessage::Deliver(_))).then_some(())).await.unwrap();
+        bob.wait_for(|e| matches!(e.message(), Some(ServerMessage::Deliver(_))).then_some(())).await.unwrap();
     }
     assert!(server.connect("alice", "wrong").await.is_err());
 

@@ -23,8 +23,8 @@ async fn a_browser_session_over_websocket_chats_with_a_tcp_client() {
     let mut bob = server.connect("bob", "pb").await.unwrap();
     let session = chat_over_websocket(&mut ws, "alice", "pa", "from a browser").await;
     let delivered = bob
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::Deliver(m)) => Some(m.clone()),
+        .wait_for(|e| match e.message() {
+            Some(ServerMessage::Deliver(m)) => Some(m.clone()),
             _ => None,
         })
         .await
@@ -49,8 +49,8 @@ async fn sigterm_closes_sessions_and_keeps_every_stored_message() {
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     let reason = timeout(
         Duration::from_secs(5),
-        alice.wait_for(|e| match e {
-            Event::Message(ServerMessage::Closing { reason }) => Some(*reason),
+        alice.wait_for(|e| match e.message() {
+            Some(ServerMessage::Closing { reason }) => Some(*reason),
             _ => None,
         }),
     )
@@ -61,8 +61,8 @@ async fn sigterm_closes_sessions_and_keeps_every_stored_message() {
     server.spawn();
     let mut again = server.connect_device("alice", "pa", [0x77; 16]).await.unwrap();
     let m = again
-        .wait_for(|e| match e {
-            Event::Message(ServerMessage::Deliver(m)) => Some(m.clone()),
+        .wait_for(|e| match e.message() {
+            Some(ServerMessage::Deliver(m)) => Some(m.clone()),
             _ => None,
         })
         .await
@@ -78,8 +78,8 @@ async fn a_silent_client_is_pinged_then_closed() {
     let mut saw_closing = false;
     let started = Instant::now();
     loop {
-        match timeout(Duration::from_secs(10), alice.next_event()).await.unwrap() {
-            Ok(Event::Message(ServerMessage::Closing { reason: CloseReason::Idle })) => saw_closing = true,
+        match timeout(Duration::from_secs(10), alice.next_event()).await.unwrap().map(Event::into_message) {
+            Ok(Some(ServerMessage::Closing { reason: CloseReason::Idle })) => saw_closing = true,
             Ok(_) => {}
             Err(ClientError::Closed | ClientError::Io(_)) => break,
             Err(e) => panic!("{e}"),
@@ -102,9 +102,9 @@ async fn a_flood_above_the_rate_limit_is_refused_without_losing_accepted_message
     alice.flush().await.unwrap();
     let (mut stored, mut limited) = (0, 0);
     while stored + limited < 30 {
-        match timeout(Duration::from_secs(10), alice.next_event()).await.unwrap().unwrap() {
-            Event::Message(ServerMessage::Stored { .. }) => stored += 1,
-            Event::Message(ServerMessage::Error(e)) if e.code == ErrorCode::RateLimited => limited += 1,
+        match timeout(Duration::from_secs(10), alice.next_event()).await.unwrap().unwrap().into_message() {
+            Some(ServerMessage::Stored { .. }) => stored += 1,
+            Some(ServerMessage::Error(e)) if e.code == ErrorCode::RateLimited => limited += 1,
             _ => {}
         }
     }
