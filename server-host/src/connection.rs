@@ -39,7 +39,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::fanout::{Out, Outlet};
 use crate::files::{Disk, Download, FileSink, Pace, Turns, Upload, WINDOW, open_partial};
-use crate::hub::{Hub, HubEvent, Incoming, Registration};
+use crate::hub::{Hub, HubEvent, Incoming, Registration, is_for};
 use crate::settings::Settings;
 use crate::store::{self, Appended, GENERAL, NewActivity, NewMessage, Recent, StoreError};
 use crate::transport::{FrameReader, FrameWriter, Lane, OutQueue, QueueFull, TransportError};
@@ -583,8 +583,7 @@ impl Live<'_> {
             out.queue.push_plain(&scratch, len, lane)?;
             Ok::<_, End>(HEADER_LEN + len + TAG_LEN)
         })?;
-        self.registration.mailbox.stats.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
-        self.registration.mailbox.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.registration.mailbox.stats.sent(1, total as u64);
         Ok(())
     }
 
@@ -650,17 +649,9 @@ impl Live<'_> {
             if let Err(end) = self.pump_downloads() {
                 return end;
             }
-            let blocked = {
-                let mut out = self.outlet.lock();
-                if let Err(e) = out.queue.write_some() {
-                    return End::Transport(e.to_string());
-                }
-                self.registration
-                    .mailbox
-                    .stats
-                    .queued_bytes
-                    .store(out.queue.bytes() as u64, Ordering::Relaxed);
-                out.queue.is_blocked()
+            let blocked = match self.outlet.lock().write_some(&self.registration.mailbox.stats) {
+                Ok(blocked) => blocked,
+                Err(e) => return End::Transport(e.to_string()),
             };
             // Everything queued was written (the socket is not full), yet messages or
             // chunks wait to be queued: go round again, once the branches above have
@@ -769,10 +760,10 @@ impl Live<'_> {
             let rooms = &mut **self.rooms.insert(rooms);
             rooms.used = true;
             let (rooms, user) = (&rooms.rooms, &self.user);
-            let recent = self.ctx.hub.store().recent_after(out.sent_up_to, PULL_BATCH, |m| match &m.to {
-                Target::Room(room) => rooms.contains(room),
-                Target::User(peer) => peer == user || &m.from == user,
-            });
+            let recent =
+                self.ctx.hub.store().recent_after(out.sent_up_to, PULL_BATCH, |m| {
+                    is_for(m, user, |room| rooms.contains(room))
+                });
             let recent = match recent {
                 Ok(recent) => recent,
                 Err(up_to) => return Ok(Some(up_to)),

@@ -19,6 +19,7 @@
 //! frames are sealed in the order they go out.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use casataa_proto::limits::{HEADER_LEN, TAG_LEN};
@@ -28,7 +29,7 @@ use casataa_proto::types::Seq;
 use tokio::sync::watch;
 
 use crate::connection::SCRATCH;
-use crate::hub::{Hub, Mailbox};
+use crate::hub::{Hub, Mailbox, SessionStats};
 use crate::store::Recent;
 use crate::transport::{Lane, OutQueue, TransportError};
 
@@ -89,6 +90,17 @@ impl Outlet {
         let mut writer = self.lock().queue.take_writer();
         writer.close().await;
         Ok(())
+    }
+}
+
+impl Out {
+    /// Writes what the socket takes now (see [`OutQueue::write_some`]) and notes in
+    /// `stats` what still waits. Returns whether the socket is full.
+    pub fn write_some(&mut self, stats: &SessionStats) -> Result<bool, TransportError> {
+        let written = self.queue.write_some();
+        stats.queued_bytes.store(self.queue.bytes() as u64, Ordering::Relaxed);
+        written?;
+        Ok(self.queue.is_blocked())
     }
 }
 
@@ -246,14 +258,10 @@ fn deliver(recipient: &Recipient, recent: &Recent, done: Seq, frames: &mut Frame
     if all {
         out.sent_up_to = recent.through;
     }
-    let written = out.queue.write_some().is_ok() && !out.queue.is_blocked();
-    stats.queued_bytes.store(out.queue.bytes() as u64, std::sync::atomic::Ordering::Relaxed);
+    let written = matches!(out.write_some(stats), Ok(false));
     drop(out);
-    for (counter, by) in
-        [(&stats.deliveries, delivered), (&stats.messages_out, delivered), (&stats.bytes_out, bytes)]
-    {
-        counter.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
-    }
+    stats.sent(delivered, bytes);
+    stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
     if !all || !written {
         wake();
     }
@@ -348,7 +356,7 @@ mod tests {
     }
 
     fn deliveries(recipient: &Recipient) -> u64 {
-        recipient.mailbox.stats.deliveries.load(std::sync::atomic::Ordering::Relaxed)
+        recipient.mailbox.stats.deliveries.load(Ordering::Relaxed)
     }
 
     #[tokio::test]

@@ -56,6 +56,24 @@ pub struct SessionStats {
     pub queued_bytes: AtomicU64,
 }
 
+impl SessionStats {
+    /// Counts `frames` frames of `bytes` bytes in all sent to the client.
+    pub fn sent(&self, frames: u64, bytes: u64) {
+        self.messages_out.fetch_add(frames, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Whether `message` is for `user`: a room message if `user` is a member of the room
+/// (`member_of`), a direct message if `user` is either end of it. One rule for the
+/// fan-out and for a session that pulls its messages.
+pub(crate) fn is_for(message: &ChatMessage, user: &Name, member_of: impl FnOnce(&Name) -> bool) -> bool {
+    match &message.to {
+        Target::Room(room) => member_of(room),
+        Target::User(peer) => peer == user || &message.from == user,
+    }
+}
+
 /// What the hub and one session share, in one allocation: the session's counters, its
 /// hub events, the request to close it, and the fan-out's request to pull messages.
 ///
@@ -425,11 +443,8 @@ impl Hub {
                 let wanted = messages.iter().zip(&members).take(ROUND_MAX).enumerate().fold(
                     0u64,
                     |wanted, (index, (message, members))| {
-                        let is_for = match &message.to {
-                            Target::Room(_) => members.is_some_and(|members| members.contains(user)),
-                            Target::User(peer) => peer == user || &message.from == user,
-                        };
-                        if is_for { wanted | (1 << index) } else { wanted }
+                        let member = |_: &Name| members.is_some_and(|members| members.contains(user));
+                        if is_for(message, user, member) { wanted | (1 << index) } else { wanted }
                     },
                 );
                 Recipient {
