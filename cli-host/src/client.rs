@@ -560,22 +560,16 @@ impl Client {
                     }
                 }
             };
-            let event = self.session.handle_opened(&frame)?;
+            let shown = self.session.handle_opened(&frame)?;
             if self.ack_due.is_none() && self.session.holds_ack() {
                 self.ack_due = Some(tokio::time::Instant::now() + ACK_DELAY);
             }
-            let (file, offset, range) = match event {
-                Some(ClientEvent::Received(message)) => match message.into_owned() {
-                    Ok(message) => return Ok(Event::Message(Box::new(message))),
-                    Err(chunk) => {
-                        // Where the chunk's bytes lie in the frame: the event shares them.
-                        let start = (chunk.data.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
-                        (chunk.file, chunk.offset, start..start + chunk.data.len())
-                    }
-                },
-                Some(ClientEvent::Refused(why)) => return Err(ClientError::Refused(why)),
-                Some(ClientEvent::KeyNeeded(_)) => {
-                    return Err(ClientError::Protocol(SessionError::Unexpected));
+            let (file, offset, range) = match shown.map(ServerMessage::into_owned) {
+                Some(Ok(message)) => return Ok(Event::Message(Box::new(message))),
+                Some(Err(chunk)) => {
+                    // Where the chunk's bytes lie in the frame: the event shares them.
+                    let start = (chunk.data.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
+                    (chunk.file, chunk.offset, start..start + chunk.data.len())
                 }
                 None => continue,
             };

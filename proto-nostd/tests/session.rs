@@ -696,8 +696,8 @@ fn after_the_opener_is_taken_the_sessions_handle_opened_frames_only() {
         let n = link.server.seal(&ServerMessage::Deliver(message.clone()), &mut buf).unwrap();
         let mut frame = buf[..n].to_vec();
         client_opener.open_in_place(&mut frame).unwrap();
-        let event = link.client.handle_opened(&frame).unwrap();
-        assert_eq!(event.is_some(), expect_event);
+        let shown = link.client.handle_opened(&frame).unwrap();
+        assert_eq!(shown, expect_event.then(|| ServerMessage::Deliver(message.clone())));
     }
     assert_eq!(link.client.delivered(), 5);
     // Bytes that do not decode as a message close the session.

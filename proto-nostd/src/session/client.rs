@@ -255,7 +255,7 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
         }
         let opener = self.opener.as_mut().ok_or(SessionError::NotEstablished)?;
         let message: ServerMessage<'f> = open_message(opener, frame)?;
-        self.on_message(message)
+        Ok(self.on_message(&message)?.then_some(ClientEvent::Received(message)))
     }
 
     /// Hands the server-to-client opener to the code that reads frames, so it can open
@@ -271,27 +271,37 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
     }
 
     /// Handles a frame already opened by the opener from [`Self::take_opener`]: the
-    /// whole frame, its plaintext between the header byte and the tag.
-    pub fn handle_opened<'f>(&mut self, frame: &'f [u8]) -> Result<Option<ClientEvent<'f>>, SessionError> {
-        let result = if self.state != State::Established || self.opener.is_some() {
-            Err(SessionError::Unexpected)
-        } else {
-            decode_exact(frame.get(plaintext_range(frame.len())).unwrap_or_default())
-                .and_then(|message| self.on_message(message))
-        };
-        if result.is_err() {
+    /// whole frame, its plaintext between the header byte and the tag. Returns the
+    /// message the caller sees, if any: after the opener is taken, the session is
+    /// established, so a message is the only event there can be.
+    pub fn handle_opened<'f>(&mut self, frame: &'f [u8]) -> Result<Option<ServerMessage<'f>>, SessionError> {
+        if self.state != State::Established || self.opener.is_some() {
             self.state = State::Closed;
+            return Err(SessionError::Unexpected);
         }
-        result
+        // The message is a few KiB (its body inline) and every move copies all of it:
+        // it stays where it was decoded until it is returned.
+        let decoded =
+            decode_exact::<ServerMessage<'f>>(frame.get(plaintext_range(frame.len())).unwrap_or_default());
+        let shown = match &decoded {
+            Ok(message) => self.on_message(message),
+            Err(e) => Err(*e),
+        };
+        match shown {
+            Ok(true) => decoded.map(Some),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                self.state = State::Closed;
+                Err(e)
+            }
+        }
     }
 
-    /// What an opened message does to the session, and what the caller sees of it.
-    fn on_message<'f>(
-        &mut self,
-        message: ServerMessage<'f>,
-    ) -> Result<Option<ClientEvent<'f>>, SessionError> {
+    /// What an opened message does to the session, and whether the caller sees it
+    /// (`false` for a duplicate delivery or a ping, which the session answers itself).
+    fn on_message(&mut self, message: &ServerMessage<'_>) -> Result<bool, SessionError> {
         if self.state == State::AwaitWelcome {
-            let ServerMessage::Welcome(welcome) = &message else {
+            let ServerMessage::Welcome(welcome) = message else {
                 return Err(SessionError::Unexpected);
             };
             if self.server_id.is_some_and(|known| known != welcome.server_id) {
@@ -307,31 +317,31 @@ impl<const OUTBOX: usize> ClientSession<OUTBOX> {
             self.acked = welcome.cursor;
             self.ack_requested = self.holds_ack();
             self.state = State::Established;
-            return Ok(Some(ClientEvent::Received(message)));
+            return Ok(true);
         }
-        match &message {
+        match message {
             ServerMessage::Stored { client_id, .. } => {
                 self.outbox.acknowledge(*client_id);
             }
             ServerMessage::Deliver(chat) => {
                 if chat.seq <= self.delivered {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 self.delivered = chat.seq;
                 self.unacked_deliveries = self.unacked_deliveries.saturating_add(1);
                 if !self.shown.first_time(&chat.from, chat.client_id) {
                     // Acknowledged like any delivery, and not shown again.
-                    return Ok(None);
+                    return Ok(false);
                 }
             }
             ServerMessage::Ping { nonce } => {
                 self.pong_pending = Some(*nonce);
-                return Ok(None);
+                return Ok(false);
             }
             ServerMessage::Welcome(_) => return Err(SessionError::Unexpected),
             _ => {}
         }
-        Ok(Some(ClientEvent::Received(message)))
+        Ok(true)
     }
 
     /// Writes the next frame the session wants to send into `out`, if any: the login,

@@ -142,9 +142,15 @@ pub fn decode_handshake(frame: &[u8]) -> Result<Handshake, SessionError> {
 }
 
 /// Decodes a whole postcard message; trailing bytes are an error.
+///
+/// Written out rather than through `postcard::take_from_bytes`: its `(value, rest)`
+/// tuple cost two more copies of the value, and a server message is a few KiB.
+#[inline]
 pub fn decode_exact<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, SessionError> {
-    match postcard::take_from_bytes(bytes) {
-        Ok((value, [])) => Ok(value),
+    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    let value = T::deserialize(&mut deserializer).map_err(|_| SessionError::Decode)?;
+    match deserializer.finalize() {
+        Ok([]) => Ok(value),
         _ => Err(SessionError::Decode),
     }
 }
