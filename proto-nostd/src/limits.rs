@@ -22,8 +22,13 @@ pub const SERVER_NAME_MAX: usize = 64;
 pub const ADDR_MAX: usize = 64;
 /// Longest passphrase an admin may set for a new user, in bytes of UTF-8.
 pub const PASSPHRASE_MAX: usize = 128;
-/// Most entries in one page of a list (rooms, online users, sessions, users, files).
+/// Most entries in one page of a list (rooms, online users, sessions, users).
 pub const LIST_PAGE_MAX: usize = 12;
+/// Most entries in one page of a file list. Fewer than the other lists: a file entry
+/// is 280 bytes in memory (its name inline), and a page of 12 made the file lists the
+/// largest server messages, 3.4 KiB where a chat delivery is 2.2 KiB. Every value of
+/// a message type is the size of its largest one, and every move copies all of it.
+pub const FILE_PAGE_MAX: usize = 7;
 
 /// Length of the big-endian length prefix in the byte-stream framing (TCP, serial).
 pub const LEN_PREFIX_LEN: usize = 4;

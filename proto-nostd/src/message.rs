@@ -11,7 +11,7 @@
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::LIST_PAGE_MAX;
+use crate::limits::{FILE_PAGE_MAX, LIST_PAGE_MAX};
 use crate::types::{
     Addr, Body, ClientKind, ClientMsgId, DeviceId, FileId, FileName, Name, Passphrase, Role, Seq, ServerId,
     ServerName, Sha256Digest, Target, Text, UnixMillis,
@@ -348,7 +348,7 @@ pub enum ServerMessage<'a> {
     /// Tag 23. A page of the files this user may download, newest first.
     FileList {
         /// The files.
-        files: Vec<FileEntry, LIST_PAGE_MAX>,
+        files: Vec<FileEntry, FILE_PAGE_MAX>,
         /// Whether this is the last page.
         last: bool,
     },
@@ -612,7 +612,7 @@ pub enum AdminResult {
     /// Tag 3. A page of stored files.
     Files {
         /// The files.
-        files: Vec<FileEntry, LIST_PAGE_MAX>,
+        files: Vec<FileEntry, FILE_PAGE_MAX>,
         /// Whether this is the last page.
         last: bool,
     },

@@ -316,6 +316,20 @@ fn every_message_but_file_chunks_fits_the_smallest_frame() {
     assert!(decode_exact::<ClientMessage<'_>>(&[19]).is_err());
 }
 
+/// In memory every server message is the size of the largest kind, and a client copies
+/// each delivery it receives: no list page may be larger than a chat delivery (a page
+/// of 12 file entries once made every message 3.4 KiB instead of 2.2).
+#[test]
+fn no_server_message_is_larger_in_memory_than_a_chat_delivery() {
+    use core::mem::{align_of, size_of};
+    let delivery = size_of::<ChatMessage>() + align_of::<ServerMessage<'_>>();
+    assert!(
+        size_of::<ServerMessage<'_>>() <= delivery,
+        "ServerMessage is {} bytes, a delivery {delivery}",
+        size_of::<ServerMessage<'_>>()
+    );
+}
+
 #[test]
 fn maximal_messages_round_trip() {
     for m in max_server_messages() {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use casataa_proto::ServerSession;
 use casataa_proto::handshake::{Handshake, KdfParams, Refusal, UserKey, decoy_salt};
 use casataa_proto::limits::{
-    BODY_MAX, HANDSHAKE_FRAME_MAX, HEADER_LEN, LIST_PAGE_MAX, PROTOCOL_VERSION, TAG_LEN,
+    BODY_MAX, FILE_PAGE_MAX, HANDSHAKE_FRAME_MAX, HEADER_LEN, LIST_PAGE_MAX, PROTOCOL_VERSION, TAG_LEN,
 };
 use casataa_proto::message::{
     ActivityEvent, ActivityKind, AdminRequest, AdminResult, ChatMessage, ClientMessage, CloseReason, Content,
@@ -885,9 +885,9 @@ impl Live<'_> {
                     .ctx
                     .hub
                     .store()
-                    .read(move |conn| store::files_for(conn, &user, before, LIST_PAGE_MAX))
+                    .read(move |conn| store::files_for(conn, &user, before, FILE_PAGE_MAX))
                     .await?;
-                let last = files.len() < LIST_PAGE_MAX;
+                let last = files.len() < FILE_PAGE_MAX;
                 let mut page = BoundedVec::new();
                 for entry in files {
                     let _ = page.push(entry);
@@ -1520,9 +1520,9 @@ impl Live<'_> {
                     .ctx
                     .hub
                     .store()
-                    .read(move |conn| store::all_files(conn, after, LIST_PAGE_MAX))
+                    .read(move |conn| store::all_files(conn, after, FILE_PAGE_MAX))
                     .await?;
-                let last = files.len() < LIST_PAGE_MAX;
+                let last = files.len() < FILE_PAGE_MAX;
                 let mut page = BoundedVec::new();
                 for entry in files {
                     let _ = page.push(entry);

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use casataa_cli::client::Client;
 use casataa_cli::transfer::{self, Destination, TransferError, sha256_file};
-use casataa_proto::message::{ClientMessage, Content, ErrorCode, FileChunk, FileOffer, ServerMessage};
+use casataa_proto::limits::FILE_PAGE_MAX;
+use casataa_proto::message::{
+    AdminRequest, AdminResult, ClientMessage, Content, ErrorCode, FileChunk, FileOffer, ServerMessage,
+};
 use casataa_proto::types::Target;
 use common::{TestServer, name};
 use tokio::time::timeout;
@@ -74,6 +77,71 @@ async fn a_100_mib_file_arrives_with_the_same_sha256() {
     assert_ne!(again, id);
     let stored: Vec<_> = std::fs::read_dir(server.data.join("files")).unwrap().collect();
     assert_eq!(stored.len(), 1, "one content directory");
+}
+
+/// A file list longer than a page comes in pages of `FILE_PAGE_MAX` entries: a user's
+/// newest first, each page continuing before the last one's oldest; an admin's by id,
+/// each continuing after the last one's newest. The final page is marked `last`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_file_list_comes_in_pages() {
+    let server = TestServer::start(&[("root", "pr", true)]);
+    let dir = scratch(&server, "pages");
+    let mut root = server.connect("root", "pr").await.unwrap();
+    let mut uploaded = Vec::new();
+    for i in 0..FILE_PAGE_MAX + 2 {
+        let source = dir.join(format!("f{i}.txt"));
+        std::fs::write(&source, format!("file {i}")).unwrap();
+        uploaded.push(transfer::upload(&mut root, &source, general(), |_, _| {}).await.unwrap());
+    }
+
+    let (mut listed, mut pages, mut before) = (Vec::new(), Vec::new(), None);
+    loop {
+        root.request(&ClientMessage::ListFiles { before }).await.unwrap();
+        let (files, last) = timeout(
+            Duration::from_secs(10),
+            root.wait_for(|e| match e.message() {
+                Some(ServerMessage::FileList { files, last }) => Some((files.clone(), *last)),
+                _ => None,
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        pages.push((files.len(), last));
+        listed.extend(files.iter().map(|entry| entry.file.id));
+        before = files.last().map(|entry| entry.file.id);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(pages, [(FILE_PAGE_MAX, false), (2, true)]);
+    assert_eq!(listed, uploaded.iter().rev().copied().collect::<Vec<_>>(), "newest first");
+
+    let (mut listed, mut pages, mut after) = (Vec::new(), Vec::new(), None);
+    for req in 1.. {
+        root.request(&ClientMessage::Admin { req, request: AdminRequest::ListFiles { after } })
+            .await
+            .unwrap();
+        let result = timeout(
+            Duration::from_secs(10),
+            root.wait_for(|e| match e.message() {
+                Some(ServerMessage::AdminResult { req: r, result }) if *r == req => Some(result.clone()),
+                _ => None,
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let AdminResult::Files { files, last } = result else { panic!("{result:?}") };
+        pages.push((files.len(), last));
+        listed.extend(files.iter().map(|entry| entry.file.id));
+        after = files.last().map(|entry| entry.file.id);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(pages, [(FILE_PAGE_MAX, false), (2, true)]);
+    assert_eq!(listed, uploaded, "by id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -831,6 +831,10 @@ impl Terminal {
                 if last && files.is_empty() {
                     self.say(format_args!("  (no files)"));
                 }
+                if !last {
+                    // One page, the newest: a serial line has no room for more.
+                    self.say(format_args!("  (older files not shown)"));
+                }
             }
             ServerMessage::Error(report) => self.say(format_args!("! {}", report.detail)),
             ServerMessage::Closing { reason } => {

@@ -5,7 +5,9 @@
 use casataa_proto::ServerSession;
 use casataa_proto::frame::{StreamItem, decode_stream};
 use casataa_proto::handshake::{KdfParams, UserKey, derive_user_key};
-use casataa_proto::message::{ChatMessage, ClientMessage, Content, Limits, ServerMessage, Welcome};
+use casataa_proto::message::{
+    ChatMessage, ClientMessage, Content, FileEntry, FileInfo, Limits, ServerMessage, Welcome,
+};
 use casataa_proto::session::{ServerConfig, ServerEvent, UserLookup};
 use casataa_proto::types::{Name, Role, Target};
 use casataa_terminal::terminal::FRAME;
@@ -254,6 +256,32 @@ fn commands_need_a_connection_and_help_lists_them() {
     assert!(shown.contains("/msg USER TEXT"));
     assert!(shown.contains("! not logged in: /login USER"));
     assert!(shown.contains("! no command /bogus"));
+}
+
+/// `/files` prints the newest page of the file list, and says so when older files exist.
+#[test]
+fn the_file_list_shows_the_newest_page_and_says_when_there_are_older_files() {
+    let mut terminal = Terminal::new(settings(true), 0);
+    let mut server = log_in(&mut terminal, 0, 1);
+    let entry = |id: u64| FileEntry {
+        file: FileInfo { id, name: "notes.txt".try_into().unwrap(), size: 15_000, sha256: [0; 32] },
+        owner: name("bob"),
+        to: Target::Room(name("general")),
+        at: 0,
+    };
+    for (last, older_shown) in [(false, true), (true, false)] {
+        let mut files = heapless::Vec::new();
+        for id in [9, 8] {
+            files.push(entry(id)).unwrap();
+        }
+        let mut out = Vec::new();
+        server.send(&ServerMessage::FileList { files, last }, &mut out);
+        receive(&mut terminal, &out);
+        let shown = console(&mut terminal);
+        assert!(shown.contains("  #9 notes.txt (15000 bytes) from bob"), "{shown}");
+        assert!(shown.contains("  #8 notes.txt"), "{shown}");
+        assert_eq!(shown.contains("(older files not shown)"), older_shown, "{shown}");
+    }
 }
 
 #[test]

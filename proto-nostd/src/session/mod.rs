@@ -144,7 +144,7 @@ pub fn decode_handshake(frame: &[u8]) -> Result<Handshake, SessionError> {
 /// Decodes a whole postcard message; trailing bytes are an error.
 ///
 /// Written out rather than through `postcard::take_from_bytes`: its `(value, rest)`
-/// tuple cost two more copies of the value, and a server message is a few KiB.
+/// tuple cost two more copies of the value, and a server message is 2 KiB.
 #[inline]
 pub fn decode_exact<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, SessionError> {
     let mut deserializer = postcard::Deserializer::from_bytes(bytes);
