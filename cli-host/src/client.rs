@@ -135,9 +135,8 @@ impl From<std::io::Error> for ClientError {
 
 /// Something that arrived from the server.
 ///
-/// A message is boxed: its owned form is a few kilobytes (a 2 KiB body inline, or a page
-/// of a list), and an event passes through several futures and `Result`s on its way to
-/// the caller. Unboxed, copying it was 13% of a receiving client's CPU in the fan-out
+/// A message is boxed: its owned form is 2 KiB (a body inline; no list page is larger),
+/// and an event passes through several futures and `Result`s on its way to the caller. Unboxed, copying it was 13% of a receiving client's CPU in the fan-out
 /// benchmark (`casataa-load`, N = 1,000); one allocation costs less than that.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

@@ -887,12 +887,8 @@ impl Live<'_> {
                     .store()
                     .read(move |conn| store::files_for(conn, &user, before, FILE_PAGE_MAX))
                     .await?;
-                let last = files.len() < FILE_PAGE_MAX;
-                let mut page = BoundedVec::new();
-                for entry in files {
-                    let _ = page.push(entry);
-                }
-                self.send(&ServerMessage::FileList { files: page, last })
+                let (files, last) = page_of(files);
+                self.send(&ServerMessage::FileList { files, last })
             }
             ClientMessage::Admin { req, request } => self.on_admin(req, request).await,
             ClientMessage::Ping { nonce } => self.send(&ServerMessage::Pong { nonce }),
@@ -901,6 +897,7 @@ impl Live<'_> {
         }
     }
 
+    /// Sends `items` in pages of [`LIST_PAGE_MAX`], the last one marked.
     fn send_pages<T: Clone>(
         &mut self,
         items: Vec<T>,
@@ -1508,12 +1505,8 @@ impl Live<'_> {
                         self.ctx.hub.store().read(move |conn| store::usage(conn, &owner)).await?;
                     entries.push(UserEntry { user: name, role, disabled, online, storage_used });
                 }
-                let last = entries.len() < LIST_PAGE_MAX;
-                let mut page = BoundedVec::new();
-                for entry in entries {
-                    let _ = page.push(entry);
-                }
-                AdminResult::Users { users: page, last }
+                let (users, last) = page_of(entries);
+                AdminResult::Users { users, last }
             }
             AdminRequest::ListFiles { after } => {
                 let files = self
@@ -1522,12 +1515,8 @@ impl Live<'_> {
                     .store()
                     .read(move |conn| store::all_files(conn, after, FILE_PAGE_MAX))
                     .await?;
-                let last = files.len() < FILE_PAGE_MAX;
-                let mut page = BoundedVec::new();
-                for entry in files {
-                    let _ = page.push(entry);
-                }
-                AdminResult::Files { files: page, last }
+                let (files, last) = page_of(files);
+                AdminResult::Files { files, last }
             }
         };
         self.send(&ServerMessage::AdminResult { req, result })
@@ -1568,6 +1557,14 @@ impl Live<'_> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// One page of a list that was read at most a page at a time: its entries, and whether
+/// it is the last page (fewer entries than fit). The page's capacity `N` comes from the
+/// message it goes into, so `last` cannot be judged against another page size.
+fn page_of<T, const N: usize>(entries: Vec<T>) -> (BoundedVec<T, N>, bool) {
+    let last = entries.len() < N;
+    (entries.into_iter().take(N).collect(), last)
 }
 
 async fn recv_activity(receiver: &mut Option<broadcast::Receiver<ActivityEvent>>) -> Option<ActivityEvent> {

@@ -10,7 +10,8 @@ use casataa_cli::client::Client;
 use casataa_cli::transfer::{self, Destination, TransferError, sha256_file};
 use casataa_proto::limits::FILE_PAGE_MAX;
 use casataa_proto::message::{
-    AdminRequest, AdminResult, ClientMessage, Content, ErrorCode, FileChunk, FileOffer, ServerMessage,
+    AdminRequest, AdminResult, ClientMessage, Content, ErrorCode, FileChunk, FileEntry, FileOffer,
+    ServerMessage,
 };
 use casataa_proto::types::Target;
 use common::{TestServer, name};
@@ -79,6 +80,33 @@ async fn a_100_mib_file_arrives_with_the_same_sha256() {
     assert_eq!(stored.len(), 1, "one content directory");
 }
 
+/// Pages through a file list to its last page: `request` asks, as request number `req`,
+/// for the page after `cursor` (the last id listed; `None` at first), and `page` picks
+/// the answer out of what arrives. Returns each page's length and `last` flag, and
+/// every id listed, in order.
+async fn every_page(
+    client: &mut Client,
+    request: impl Fn(u32, Option<u64>) -> ClientMessage<'static>,
+    page: impl Fn(u32, &ServerMessage<'_>) -> Option<(Vec<FileEntry>, bool)>,
+) -> (Vec<(usize, bool)>, Vec<u64>) {
+    let (mut pages, mut listed, mut cursor) = (Vec::new(), Vec::new(), None);
+    for req in 1.. {
+        client.request(&request(req, cursor)).await.unwrap();
+        let (files, last) =
+            timeout(Duration::from_secs(10), client.wait_for(|e| e.message().and_then(|m| page(req, m))))
+                .await
+                .unwrap()
+                .unwrap();
+        pages.push((files.len(), last));
+        listed.extend(files.iter().map(|entry| entry.file.id));
+        cursor = files.last().map(|entry| entry.file.id);
+        if last {
+            break;
+        }
+    }
+    (pages, listed)
+}
+
 /// A file list longer than a page comes in pages of `FILE_PAGE_MAX` entries: a user's
 /// newest first, each page continuing before the last one's oldest; an admin's by id,
 /// each continuing after the last one's newest. The final page is marked `last`.
@@ -94,52 +122,30 @@ async fn a_long_file_list_comes_in_pages() {
         uploaded.push(transfer::upload(&mut root, &source, general(), |_, _| {}).await.unwrap());
     }
 
-    let (mut listed, mut pages, mut before) = (Vec::new(), Vec::new(), None);
-    loop {
-        root.request(&ClientMessage::ListFiles { before }).await.unwrap();
-        let (files, last) = timeout(
-            Duration::from_secs(10),
-            root.wait_for(|e| match e.message() {
-                Some(ServerMessage::FileList { files, last }) => Some((files.clone(), *last)),
-                _ => None,
-            }),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        pages.push((files.len(), last));
-        listed.extend(files.iter().map(|entry| entry.file.id));
-        before = files.last().map(|entry| entry.file.id);
-        if last {
-            break;
-        }
-    }
+    let (pages, listed) = every_page(
+        &mut root,
+        |_, before| ClientMessage::ListFiles { before },
+        |_, message| match message {
+            ServerMessage::FileList { files, last } => Some((files.to_vec(), *last)),
+            _ => None,
+        },
+    )
+    .await;
     assert_eq!(pages, [(FILE_PAGE_MAX, false), (2, true)]);
     assert_eq!(listed, uploaded.iter().rev().copied().collect::<Vec<_>>(), "newest first");
 
-    let (mut listed, mut pages, mut after) = (Vec::new(), Vec::new(), None);
-    for req in 1.. {
-        root.request(&ClientMessage::Admin { req, request: AdminRequest::ListFiles { after } })
-            .await
-            .unwrap();
-        let result = timeout(
-            Duration::from_secs(10),
-            root.wait_for(|e| match e.message() {
-                Some(ServerMessage::AdminResult { req: r, result }) if *r == req => Some(result.clone()),
-                _ => None,
-            }),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let AdminResult::Files { files, last } = result else { panic!("{result:?}") };
-        pages.push((files.len(), last));
-        listed.extend(files.iter().map(|entry| entry.file.id));
-        after = files.last().map(|entry| entry.file.id);
-        if last {
-            break;
-        }
-    }
+    let (pages, listed) = every_page(
+        &mut root,
+        |req, after| ClientMessage::Admin { req, request: AdminRequest::ListFiles { after } },
+        |req, message| match message {
+            ServerMessage::AdminResult { req: r, result } if *r == req => match result {
+                AdminResult::Files { files, last } => Some((files.to_vec(), *last)),
+                other => panic!("{other:?}"),
+            },
+            _ => None,
+        },
+    )
+    .await;
     assert_eq!(pages, [(FILE_PAGE_MAX, false), (2, true)]);
     assert_eq!(listed, uploaded, "by id");
 }
